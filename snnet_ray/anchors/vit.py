@@ -1,0 +1,47 @@
+"""Plain ViTs (ViT, DeiT, DeiT III): one stage of `depth` equal-width transformer blocks.
+
+A cut after block j leaves the token sequence (B, N, C) with the class (and distillation or
+register) tokens in front; the stitching layer maps every token, class token included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from snnet_ray.anchors.base import AnchorAdapter, register_family
+
+__all__ = ["ViTAdapter"]
+
+
+@register_family(VisionTransformer)
+class ViTAdapter(AnchorAdapter):
+    """timm `VisionTransformer` (and subclasses such as DeiT's distilled variant)."""
+
+    family = "vit"
+    layout = "tokens"
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.patch_embed(x)
+        x = m._pos_embed(x)
+        x = m.patch_drop(x)
+        return m.norm_pre(x)
+
+    def stage_blocks(self, stage: int) -> Sequence[nn.Module]:
+        return self.model.blocks
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.norm(x))
+
+    def finish_modules(self) -> list[nn.Module]:
+        m = self.model
+        heads = [m.norm, m.fc_norm, m.head, getattr(m, "attn_pool", None), getattr(m, "head_dist", None)]
+        return [h for h in heads if h is not None]
+
+    @property
+    def stage_widths(self) -> list[int]:
+        return [int(self.model.embed_dim)]

@@ -1,0 +1,261 @@
+"""SNNet: one network holding every stitch of a family of anchors (SN-Net, Pan et al. 2023).
+
+    model = SNNet.from_timm(["deit_tiny_patch16_224", "deit_small_patch16_224",
+                             "deit_base_patch16_224"], pretrained=[ti, s, b])
+    model.configs          # 71 StitchConfig: 3 anchors, then 34 Ti->S and 34 S->B stitches
+    model.select(40)       # cheap: only an index changes
+    logits = model(x)      # runs the selected path only
+    model.cost(40)         # ConfigCost(gmacs=..., params=...)
+
+The module is single-device and knows nothing of Ray or DeepSpeed; the train package wraps it.
+Anchors are kept in size order (MACs); anchors given out of order are sorted and the new order
+is logged, because config ids and pairs (Ti->S, S->B) are defined over that order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from snnet_ray.anchors import AnchorAdapter, create_anchors, resolve_anchor_specs
+from snnet_ray.anchors.factory import AnchorLike, PretrainedArg
+from snnet_ray.stitching.cost import AnchorProfile, ConfigCost, path_pieces, profile_anchor, profile_layer
+from snnet_ray.stitching.layers import make_stitching_layer
+from snnet_ray.stitching.space import AnchorLayout, StitchConfig, StitchLayerSpec, build_stitch_space
+
+__all__ = ["SNNet"]
+
+log = logging.getLogger(__name__)
+
+
+class SNNet(nn.Module):
+    """Anchors of one family joined by stitching layers; `select` picks the config `forward` runs.
+
+    Args:
+        anchors: adapted anchors of one family (any order; kept sorted by MACs).
+        kernel_size: sliding-window size over block indices (stitch granularity).
+        stride: window stride.
+        nearest: pair neighbours in size order only (Ti->S, S->B), else every small->large pair.
+    """
+
+    def __init__(
+        self,
+        anchors: Sequence[AnchorAdapter],
+        kernel_size: int = 2,
+        stride: int = 1,
+        nearest: bool = True,
+    ) -> None:
+        super().__init__()
+        if len({type(a) for a in anchors}) > 1:
+            found = ", ".join(f"{a.name} ({a.family})" for a in anchors)
+            raise ValueError(f"anchors must be of one family, got {found}")
+        input_size = anchors[0].input_size
+        profiles = [profile_anchor(a, input_size) for a in anchors]
+        order = sorted(range(len(anchors)), key=lambda i: profiles[i].total_macs)
+        if order != list(range(len(anchors))):
+            log.warning(
+                "anchors sorted by size (GMACs): %s",
+                ", ".join(f"{anchors[i].name} {profiles[i].total_macs / 1e9:.2f}" for i in order),
+            )
+        anchors = [anchors[i] for i in order]
+        self.anchor_order = order
+        """Position in the caller's list of each anchor, in size order."""
+        self._profiles: list[AnchorProfile] = [profiles[i] for i in order]
+        _check_compatible(anchors, self._profiles)
+
+        self.anchors = nn.ModuleList(anchors)
+        self.kernel_size, self.stride, self.nearest = kernel_size, stride, nearest
+        self.input_size = input_size
+        space = build_stitch_space(
+            [
+                AnchorLayout(
+                    depths=tuple(a.stage_depths),
+                    widths=tuple(a.stage_widths),
+                    stitch_stages=tuple(a.stitch_stages),
+                    first_back_blocks=tuple(a.first_back_block(s) for s in range(a.num_stages)),
+                )
+                for a in anchors
+            ],
+            kernel_size=kernel_size,
+            stride=stride,
+            nearest=nearest,
+        )
+        self.configs: list[StitchConfig] = space.configs
+        self.layer_specs: list[StitchLayerSpec] = space.layers
+        device = next(anchors[0].parameters()).device
+        with torch.device(device):
+            self.stitch_layers = nn.ModuleList(
+                make_stitching_layer(anchors[s.front].layout, s.in_width, s.out_width) for s in space.layers
+            )
+        self._layer_costs = [
+            profile_layer(layer, _with_channels(self._profiles[s.front].stage_shapes[s.stage], s.in_width, anchors[0]))
+            for layer, s in zip(self.stitch_layers, space.layers)
+        ]
+        self._selected = 0
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_timm(
+        cls,
+        anchors: Sequence[AnchorLike] | str,
+        kernel_size: int = 2,
+        stride: int = 1,
+        nearest: bool = True,
+        pretrained: PretrainedArg | Sequence[PretrainedArg] | Mapping[str, PretrainedArg] = False,
+        device: torch.device | str = "cpu",
+        **timm_kwargs: Any,
+    ) -> SNNet:
+        """Build an SN-Net from timm model names.
+
+        Args:
+            anchors: timm names, or (name, kwargs) pairs for custom sizes, or a comma-separated string.
+            pretrained: False, True (timm's default source), or weight files: a list with one path
+                per anchor or a mapping from anchor name to path (safetensors or torch files).
+            device: where to build; 'meta' builds instantly without weights (listing, costs).
+            timm_kwargs: applied to every anchor, e.g. `img_size=32, num_classes=10`.
+
+        Every check (names, family, weight files, window size) runs on the meta device before
+        any real model is built or any weight file is read.
+        """
+        specs = resolve_anchor_specs(anchors, pretrained)
+        meta = cls(create_anchors(specs, "meta", **timm_kwargs), kernel_size, stride, nearest)
+        if str(device) == "meta":
+            return meta
+        # Build in the size order found on meta, so the real build neither re-sorts nor re-logs.
+        sorted_specs = [specs[i] for i in meta.anchor_order]
+        model = cls(create_anchors(sorted_specs, device, **timm_kwargs), kernel_size, stride, nearest)
+        model.anchor_order = meta.anchor_order
+        return model
+
+    # -- selecting and running ----------------------------------------------------------------------
+    @property
+    def selected(self) -> int:
+        """Id of the config `forward` runs."""
+        return self._selected
+
+    @property
+    def selected_config(self) -> StitchConfig:
+        return self.configs[self._selected]
+
+    def select(self, cfg_id: int) -> StitchConfig:
+        """Make `forward` run config `cfg_id`. Cheap: nothing is allocated or moved."""
+        if not 0 <= cfg_id < len(self.configs):
+            raise ValueError(f"config id {cfg_id} out of range; this SN-Net has configs 0..{len(self.configs) - 1}")
+        self._selected = int(cfg_id)
+        return self.configs[cfg_id]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_config(x, self._selected)
+
+    def forward_config(self, x: torch.Tensor, cfg_id: int) -> torch.Tensor:
+        """Run config `cfg_id` on `x` (does not change the selection)."""
+        cfg = self.configs[cfg_id]
+        if cfg.is_anchor:
+            return self.anchors[cfg.anchors[0]](x)
+        (front, back), (j, l) = cfg.anchors, cfg.positions[0]
+        h = self.anchors[front].forward_until(x, cfg.stage, j)
+        h = self.stitch_layers[cfg.layer](h)
+        return self.anchors[back].forward_from(h, cfg.stage, l)
+
+    # -- description and cost ---------------------------------------------------------------------
+    @property
+    def anchor_names(self) -> list[str]:
+        return [a.name for a in self.anchors]
+
+    @property
+    def family(self) -> str:
+        return self.anchors[0].family
+
+    @property
+    def num_classes(self) -> int:
+        return self.anchors[0].num_classes
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """timm data config of the anchors (mean, std, interpolation, crop_pct) at their input size."""
+        from timm.data import resolve_model_data_config
+
+        cfg = resolve_model_data_config(self.anchors[0].model)
+        cfg["input_size"] = tuple(self.input_size)
+        return cfg
+
+    def describe(self, cfg_id: int) -> str:
+        """The path of a config, e.g. 'deit_tiny[0..3] -> L2 -> deit_small[4..11]'."""
+        return self.configs[cfg_id].describe(self.anchor_names, [a.stage_depths for a in self.anchors])
+
+    def cost(self, cfg_id: int) -> ConfigCost:
+        """GMACs (one image at the anchors' input size) and parameters of the path of `cfg_id`."""
+        cfg = self.configs[cfg_id]
+        if cfg.is_anchor:
+            p = self._profiles[cfg.anchors[0]]
+            return ConfigCost(gmacs=p.total_macs / 1e9, params=p.total_params)
+        (front, back), (j, l) = cfg.anchors, cfg.positions[0]
+        pf, pb = self._profiles[front], self._profiles[back]
+        keys_f = list(path_pieces(self.anchors[front], cfg.stage, j, "front"))
+        keys_b = list(path_pieces(self.anchors[back], cfg.stage, l, "back"))
+        layer_macs, layer_params = self._layer_costs[cfg.layer]
+        macs = sum(pf.macs[k] for k in keys_f) + layer_macs + sum(pb.macs[k] for k in keys_b)
+        params = sum(pf.params[k] for k in keys_f) + layer_params + sum(pb.params[k] for k in keys_b)
+        return ConfigCost(gmacs=macs / 1e9, params=params)
+
+    def config_modules(self, cfg_id: int) -> list[nn.Module]:
+        """The blocks and stitching layer a config runs (for hooks and tests)."""
+        cfg = self.configs[cfg_id]
+        if cfg.is_anchor:
+            return [blk for _, _, blk in self.anchors[cfg.anchors[0]].blocks()]
+        (front, back), (j, l) = cfg.anchors, cfg.positions[0]
+        mods = [blk for s, i, blk in self.anchors[front].blocks() if s < cfg.stage or (s == cfg.stage and i <= j)]
+        mods.append(self.stitch_layers[cfg.layer])
+        mods += [blk for s, i, blk in self.anchors[back].blocks() if s > cfg.stage or (s == cfg.stage and i >= l)]
+        return mods
+
+    # -- parameter groups -------------------------------------------------------------------------
+    def anchor_parameters(self) -> Iterator[nn.Parameter]:
+        return self.anchors.parameters()
+
+    def stitch_parameters(self) -> Iterator[nn.Parameter]:
+        return self.stitch_layers.parameters()
+
+    def extra_repr(self) -> str:
+        return (
+            f"family={self.family}, anchors={self.anchor_names}, configs={len(self.configs)}, "
+            f"stitch_layers={len(self.stitch_layers)}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"nearest={self.nearest}"
+        )
+
+
+def _with_channels(shape: Sequence[int], channels: int, anchor: AnchorAdapter) -> tuple[int, ...]:
+    """An activation shape with its channel dimension set (channels last unless NCHW)."""
+    shape = list(shape)
+    shape[1 if anchor.layout == "nchw" else -1] = channels
+    return tuple(shape)
+
+
+def _check_compatible(anchors: Sequence[AnchorAdapter], profiles: Sequence[AnchorProfile]) -> None:
+    """Anchors must agree on classes and on the spatial shape of every stitched stage."""
+    classes = {a.num_classes for a in anchors}
+    if len(classes) > 1:
+        found = ", ".join(f"{a.name}: {a.num_classes}" for a in anchors)
+        raise ValueError(f"anchors disagree on num_classes ({found}); pass num_classes=N for all of them")
+    sizes = {a.input_size for a in anchors}
+    if len(sizes) > 1:
+        found = ", ".join(f"{a.name}: {a.input_size}" for a in anchors)
+        raise ValueError(f"anchors disagree on input size ({found}); pass img_size=N for all of them")
+    for stage in anchors[0].stitch_stages:
+        spatial = {_spatial(p.stage_shapes[stage], a.layout) for a, p in zip(anchors, profiles)}
+        if len(spatial) > 1:
+            found = ", ".join(
+                f"{a.name}: {_spatial(p.stage_shapes[stage], a.layout)}" for a, p in zip(anchors, profiles)
+            )
+            raise ValueError(
+                f"anchors have different token/spatial shapes in stage {stage} ({found}); stitching needs "
+                "the same patch size and resolution in every stitched stage"
+            )
+
+
+def _spatial(shape: Sequence[int], layout: str) -> tuple[int, ...]:
+    return tuple(shape[2:]) if layout == "nchw" else tuple(shape[1:-1])
