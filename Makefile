@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean
+.PHONY: install system-deps test demo lint bench clean
 
 # torch first, from this machine's disk (other versions download gigabytes), then the project.
 $(STAMP): pyproject.toml
@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: install
+# PostgreSQL and Chromium for the results-service tests (apt; skipped with a reason where impossible).
+system-deps:
+	bash scripts/system_deps.sh
+
+test: install system-deps
 	$(PY) -m pytest
 
 lint: install

@@ -1,6 +1,17 @@
-"""snnet-ray: Stitchable Neural Networks (SN-Net) trained on Ray with DeepSpeed."""
+"""snnet-ray: Stitchable Neural Networks (SN-Net) trained on Ray with DeepSpeed.
 
-from snnet_ray.stitching import ConfigCost, SNNet, StitchConfig, least_squares_init
+Public names load lazily, so the `snnet-ray` command and the results service start fast.
+"""
 
-__all__ = ["ConfigCost", "SNNet", "StitchConfig", "least_squares_init"]
+from snnet_ray._lazy import lazy_exports
+
 __version__ = "0.1.0"
+__all__, __getattr__ = lazy_exports(
+    __name__,
+    {
+        "ConfigCost": ".stitching",
+        "SNNet": ".stitching",
+        "StitchConfig": ".stitching",
+        "least_squares_init": ".stitching",
+    },
+)
