@@ -158,3 +158,17 @@ def test_least_squares_makes_stitches_agree_with_the_back_anchor():
     before = gap()
     least_squares_init(model, x)
     assert gap() < before
+
+
+def test_save_and_load_a_whole_snnet(tmp_path):
+    from snnet_ray.stitching import load_snnet, save_snnet
+
+    model = tiny_snnet("swin").eval()
+    least_squares_init(model, torch.randn(4, 3, 32, 32))
+    save_snnet(model, tmp_path / "snnet", extra={"step": 7})
+    loaded = load_snnet(tmp_path / "snnet").eval()
+    x = torch.randn(2, 3, 32, 32)
+    for cfg in model.configs[::5]:
+        assert torch.equal(model.forward_config(x, cfg.id), loaded.forward_config(x, cfg.id))
+    with pytest.raises(FileNotFoundError, match="snnet.json"):
+        load_snnet(tmp_path / "missing")

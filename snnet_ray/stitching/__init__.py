@@ -13,6 +13,8 @@ __all__, __getattr__ = lazy_exports(
         "least_squares_init": ".least_squares",
         "solve_least_squares": ".least_squares",
         "SNNet": ".snnet",
+        "load_snnet": ".saving",
+        "save_snnet": ".saving",
         "StitchConfig": ".space",
         "StitchLayerSpec": ".space",
         "build_stitch_space": ".space",

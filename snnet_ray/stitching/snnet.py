@@ -96,6 +96,8 @@ class SNNet(nn.Module):
             for layer, s in zip(self.stitch_layers, space.layers)
         ]
         self._selected = 0
+        self.build_spec: dict[str, Any] | None = None
+        """How `from_timm` built this model (anchors in size order, kwargs): enough to rebuild it."""
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -129,6 +131,13 @@ class SNNet(nn.Module):
         sorted_specs = [specs[i] for i in meta.anchor_order]
         model = cls(create_anchors(sorted_specs, device, **timm_kwargs), kernel_size, stride, nearest)
         model.anchor_order = meta.anchor_order
+        model.build_spec = {
+            "anchors": [[s.name, dict(s.kwargs)] for s in sorted_specs],
+            "kernel_size": kernel_size,
+            "stride": stride,
+            "nearest": nearest,
+            "timm_kwargs": dict(timm_kwargs),
+        }
         return model
 
     # -- selecting and running ----------------------------------------------------------------------

@@ -1,0 +1,130 @@
+"""`DataConfig`: where the shards are and how train and validation batches are made.
+
+Defaults follow the DeiT recipe SN-Net trains with (RandomResizedCrop, RandAugment
+`rand-m9-mstd0.5-inc1`, random erasing 0.25, mixup 0.8 / cutmix 1.0, label smoothing 0.1).
+Normalisation, interpolation and crop must match the anchors: build the config with
+`DataConfig.from_timm(root, timm.data.resolve_data_config({}, model=anchor))`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DataConfig"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "random")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Shards, batches, augmentation and mixup for the train and validation pipelines."""
+
+    root: str
+    """Shards root holding `_info.json`: a local directory, `s3://`/`gs://`/... URL, or `pipe:` prefix."""
+    input_size: int = 224
+    """Square side of the images the model sees."""
+    batch_size: int = 128
+    """Images per batch on each rank (worker of the data-parallel group)."""
+    val_batch_size: int | None = None
+    """Validation batch size; defaults to `batch_size`."""
+    num_workers: int = 4
+    """DataLoader worker processes per rank (0 decodes in the training process)."""
+    shuffle_buffer: int = 2000
+    """Samples held by each DataLoader worker's shuffle buffer (as encoded bytes: ImageNet's ~110 kB
+    each make 2000 about 220 MB per worker)."""
+    shuffle_initial: int = 500
+    """Samples buffered before the first one leaves (a smaller start is less random but faster)."""
+    samples_per_epoch: int | None = None
+    """Training samples per epoch over all ranks; defaults to the train split's size."""
+    train_split: str = "train"
+    val_split: str = "val"
+    # normalisation and resizing: take them from the anchors' timm data config
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    # augmentation (timm `create_transform`)
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+    """Used only when `auto_augment` is None."""
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    """timm RandAugment / AutoAugment string; None for none."""
+    re_prob: float = 0.25
+    re_mode: str = "pixel"
+    re_count: int = 1
+    # mixup / cutmix (timm `Mixup`): targets become soft when either alpha is > 0
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    label_smoothing: float = 0.1
+    seed: int = 0
+    """Shard order, shuffle buffers and augmentation all derive from it (with epoch, rank and worker)."""
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+    """Batches each DataLoader worker prepares ahead."""
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"DataConfig: {msg}")
+
+        need(bool(self.root), "root is empty; set it to the shards directory or URL")
+        need(self.input_size > 0, f"input_size must be > 0, got {self.input_size}")
+        need(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
+        need(self.val_batch_size is None or self.val_batch_size > 0, "val_batch_size must be > 0")
+        need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        need(self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+        need(self.shuffle_initial >= 1, f"shuffle_initial must be >= 1, got {self.shuffle_initial}")
+        need(self.samples_per_epoch is None or self.samples_per_epoch > 0, "samples_per_epoch must be > 0")
+        need(len(self.mean) == 3 and len(self.std) == 3, "mean and std need 3 values (RGB)")
+        need(self.interpolation in _INTERPOLATIONS, f"interpolation must be one of {_INTERPOLATIONS}")
+        need(0 < self.crop_pct <= 1, f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        need(0 <= self.re_prob <= 1, f"re_prob must be in [0, 1], got {self.re_prob}")
+        need(self.mixup_alpha >= 0 and self.cutmix_alpha >= 0, "mixup_alpha and cutmix_alpha must be >= 0")
+        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(self.mixup_mode in ("batch", "pair", "elem"), "mixup_mode must be batch, pair or elem")
+        need(
+            not self.mixes or self.batch_size % 2 == 0,
+            f"mixup/cutmix pair each image with another, so batch_size must be even (got {self.batch_size})",
+        )
+
+    @property
+    def mixes(self) -> bool:
+        """Whether mixup or cutmix is on (and targets are soft)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.val_batch_size or self.batch_size
+
+    @classmethod
+    def from_timm(cls, root: str, timm_config: Mapping[str, Any], **overrides: Any) -> DataConfig:
+        """A config whose size, normalisation, interpolation and crop come from a timm data config.
+
+        `timm_config` is what `timm.data.resolve_data_config({}, model=model)` returns.
+        """
+        keys = {"input_size", "mean", "std", "interpolation", "crop_pct"}
+        from_model: dict[str, Any] = {k: timm_config[k] for k in keys if k in timm_config}
+        if "input_size" in from_model:
+            size = from_model["input_size"]
+            from_model["input_size"] = int(size[-1] if isinstance(size, (tuple, list)) else size)
+        for k in ("mean", "std"):
+            if k in from_model:
+                from_model[k] = tuple(float(v) for v in from_model[k])
+        return cls(root=root, **{**from_model, **overrides})
+
+    def replace(self, **changes: Any) -> DataConfig:
+        """A copy with `changes` applied (and checked)."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"DataConfig has no field(s) {unknown}")
+        return replace(self, **changes)

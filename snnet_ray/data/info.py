@@ -1,0 +1,139 @@
+"""The shard set's `_info.json`: classes, and per split the shard files and their sample counts.
+
+The layout is timm's webdataset reader schema (`timm/data/readers/reader_wds.py`), so
+`timm.data.create_dataset('wds/NAME', root=ROOT, split='train')` reads our shards too::
+
+    {"name": "digits", "num_classes": 10, "class_names": [...],
+     "splits": {"train": {"name": "train", "num_samples": 1437,
+                          "filenames": ["train-000000.tar", ...], "shard_lengths": [256, ...]}, ...},
+     "snnet_ray": {...how and from what the shards were written...}}
+
+Sample counts known in advance are what lets every rank run the same number of training steps
+(`with_epoch`) and lets validation check that it read every sample exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .storage import is_local, join_url, local_path, open_url
+
+__all__ = ["INFO_NAME", "DatasetInfo", "SplitInfo", "read_info", "write_info"]
+
+INFO_NAME = "_info.json"
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One split: its shard file names (relative to the root) and samples per shard."""
+
+    name: str
+    filenames: tuple[str, ...]
+    shard_lengths: tuple[int, ...]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.shard_lengths)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.filenames)
+
+    def length_of(self, shard: str) -> int:
+        """Samples in the shard named `shard`."""
+        return self.shard_lengths[self.filenames.index(shard)]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What `_info.json` says about a shard set at `root`."""
+
+    root: str
+    name: str
+    num_classes: int
+    splits: dict[str, SplitInfo]
+    class_names: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> SplitInfo:
+        """The split called `name`; ValueError listing the splits there are otherwise."""
+        if name not in self.splits:
+            raise ValueError(f"split '{name}' is not in {join_url(self.root, INFO_NAME)}; it has {sorted(self.splits)}")
+        return self.splits[name]
+
+    def urls(self, split: str) -> list[str]:
+        """Full URLs of the split's shards, in `_info.json` order."""
+        return [join_url(self.root, f) for f in self.split(split).filenames]
+
+    def to_json(self) -> dict[str, Any]:
+        splits = {
+            s.name: {
+                "name": s.name,
+                "num_samples": s.num_samples,
+                "filenames": list(s.filenames),
+                "shard_lengths": list(s.shard_lengths),
+            }
+            for s in self.splits.values()
+        }
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "splits": splits,
+            **self.extra,
+        }
+
+
+def read_info(root_or_url: str) -> DatasetInfo:
+    """Read `_info.json` from a shards root (local directory, `pipe:` prefix, or URL)."""
+    url = join_url(root_or_url, INFO_NAME)
+    try:
+        with open_url(url) as f:
+            data = json.loads(f.read())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no {INFO_NAME} at {root_or_url}: write shards there with `snnet-ray shards digits|imagefolder "
+            f"--out DIR` or point at a directory that holds them"
+        ) from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {url}: {err}") from err
+    try:
+        splits = {
+            name: SplitInfo(
+                name=name,
+                filenames=tuple(s["filenames"]),
+                shard_lengths=tuple(int(n) for n in s["shard_lengths"]),
+            )
+            for name, s in data["splits"].items()
+        }
+        class_names = tuple(data.get("class_names", ()))
+        num_classes = int(data.get("num_classes", len(class_names)))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{url} is not a shard index (missing or bad field: {err})") from err
+    known = {"name", "num_classes", "class_names", "splits"}
+    extra = {k: v for k, v in data.items() if k not in known}
+    return DatasetInfo(
+        root=root_or_url,
+        name=str(data.get("name", "")),
+        num_classes=num_classes,
+        splits=splits,
+        class_names=class_names,
+        extra=extra,
+    )
+
+
+def write_info(info: DatasetInfo) -> str:
+    """Write `_info.json` into a local root atomically (temp file, then rename); returns its path."""
+    if not is_local(info.root):
+        raise ValueError(f"shards are written to local directories only, not {info.root}")
+    path = os.path.join(local_path(info.root), INFO_NAME)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(info.to_json(), f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,97 @@
+"""Image transforms and mixup for the pipelines, built with timm from a `DataConfig`.
+
+Train: RandomResizedCrop, horizontal flip, RandAugment (or colour jitter), to tensor, normalise,
+random erasing - timm's `create_transform(is_training=True)`, the DeiT recipe. Validation:
+resize to `input_size / crop_pct`, centre crop, normalise. Mixup/cutmix: timm's `Mixup` on whole
+batches, which also turns labels into (label-smoothed) soft targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .config import DataConfig
+
+__all__ = ["build_mixup", "build_train_transform", "build_val_transform"]
+
+
+def build_train_transform(cfg: DataConfig) -> Callable:
+    """PIL RGB image -> normalised, augmented float tensor (3, input_size, input_size)."""
+    from timm.data import create_transform
+
+    transform = create_transform(
+        input_size=cfg.input_size,
+        is_training=True,
+        scale=cfg.scale,
+        ratio=cfg.ratio,
+        hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter,
+        auto_augment=cfg.auto_augment,
+        interpolation=cfg.interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+        re_prob=cfg.re_prob,
+        re_mode=cfg.re_mode,
+        re_count=cfg.re_count,
+    )
+    _allow_zero_bit_posterize(transform)
+    return transform
+
+
+def build_val_transform(cfg: DataConfig) -> Callable:
+    """PIL RGB image -> normalised, centre-cropped float tensor (3, input_size, input_size)."""
+    from timm.data import create_transform
+
+    # 'random' interpolation is a training-time choice; validation resizes with bicubic.
+    interpolation = "bicubic" if cfg.interpolation == "random" else cfg.interpolation
+    return create_transform(
+        input_size=cfg.input_size,
+        is_training=False,
+        interpolation=interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+        crop_pct=cfg.crop_pct,
+    )
+
+
+def build_mixup(cfg: DataConfig, num_classes: int) -> Callable | None:
+    """timm `Mixup` (images, labels) -> (mixed images, soft targets), or None when it is off."""
+    if not cfg.mixes:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=cfg.mixup_alpha,
+        cutmix_alpha=cfg.cutmix_alpha,
+        prob=cfg.mixup_prob,
+        switch_prob=cfg.mixup_switch_prob,
+        mode=cfg.mixup_mode,
+        label_smoothing=cfg.label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+def _allow_zero_bit_posterize(transform: Callable) -> None:
+    """Make timm's posterize ops accept 0 bits again.
+
+    timm's RandAugment `inc1` maps magnitude 10 (reached by m9 with mstd noise) to posterize with
+    0 bits kept, and its `v0` AutoAugment policy asks for 0 bits too; Pillow < 13 returned a black
+    image, Pillow 13 raises ValueError and would stop training. Keep the black image.
+    """
+    for t in getattr(transform, "transforms", ()):
+        ops = list(getattr(t, "ops", ()))
+        for sub_policy in getattr(t, "policy", ()):
+            ops += list(sub_policy)
+        for op in ops:
+            if getattr(op, "name", "").startswith("Posterize"):
+                op.aug_fn = _posterize
+
+
+def _posterize(img, bits_to_keep: int, **_):
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # every bit cleared
+    return ImageOps.posterize(img, bits_to_keep)

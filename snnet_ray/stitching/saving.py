@@ -1,0 +1,68 @@
+"""Saving and loading a whole SN-Net: its build spec (JSON) and its weights (safetensors).
+
+A saved SN-Net is a directory with `snnet.json` (anchors in size order with their timm kwargs,
+window, pairing) and `model.safetensors` (anchors and stitching layers). Loading rebuilds the
+anchors from timm without pretrained weights, then loads the file: no hub, no anchor files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from snnet_ray.stitching.snnet import SNNet
+
+__all__ = ["SPEC_FILE", "WEIGHTS_FILE", "load_snnet", "save_snnet"]
+
+SPEC_FILE = "snnet.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_snnet(
+    model: SNNet,
+    directory: str | Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write `snnet.json` and `model.safetensors` to `directory` (created if needed).
+
+    `state_dict` overrides the model's own (e.g. weights gathered from ZeRO-3 shards); `extra` is
+    stored in the JSON (training step, data config, ...).
+    """
+    if model.build_spec is None:
+        raise ValueError("this SNNet was not built with SNNet.from_timm, so it has no build spec to save")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = state_dict if state_dict is not None else model.state_dict()
+    # safetensors refuses shared storage; every tensor is saved as its own contiguous copy.
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}, str(directory / WEIGHTS_FILE))
+    spec = {"format": "snnet-ray/1", **model.build_spec, "extra": extra or {}}
+    (directory / SPEC_FILE).write_text(json.dumps(spec, indent=1, default=str))
+    return directory
+
+
+def load_snnet(directory: str | Path, device: torch.device | str = "cpu") -> SNNet:
+    """Rebuild a saved SN-Net and load its weights."""
+    directory = Path(directory)
+    spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
+    for path in (spec_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: a saved SN-Net directory holds {SPEC_FILE} and {WEIGHTS_FILE} "
+                "(written by save_snnet and by training checkpoints)"
+            )
+    spec = json.loads(spec_path.read_text())
+    model = SNNet.from_timm(
+        [(name, kwargs) for name, kwargs in spec["anchors"]],
+        kernel_size=spec["kernel_size"],
+        stride=spec["stride"],
+        nearest=spec["nearest"],
+        device=device,
+        **spec["timm_kwargs"],
+    )
+    model.load_state_dict(load_file(str(weights_path), device=str(device)))
+    return model
