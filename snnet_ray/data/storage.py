@@ -24,15 +24,16 @@ __all__ = ["is_local", "join_url", "local_path", "open_url", "url_exists"]
 _PYARROW_SCHEMES = {"s3", "gs", "gcs", "hdfs", "viewfs"}
 
 
-def is_local(url: str) -> bool:
+def is_local(url: str | os.PathLike[str]) -> bool:
     """True for a plain path or a `file://` URL."""
-    scheme = urlparse(url).scheme
+    scheme = urlparse(os.fspath(url)).scheme
     # A one-letter scheme is a Windows drive ("C:/data"), not a protocol.
     return scheme in ("", "file") or len(scheme) == 1
 
 
-def local_path(url: str) -> str:
+def local_path(url: str | os.PathLike[str]) -> str:
     """The file-system path of a local URL."""
+    url = os.fspath(url)
     if url.startswith("file://"):
         return urlparse(url).path
     if url.startswith("file:"):

@@ -60,6 +60,7 @@ __all__ = [
     "best_under_budget",
     "compare_tables",
     "connect",
+    "connect_for_job",
     "create_app",
     "ensure_results_service",
     "find_results_service",
@@ -70,6 +71,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "connect_for_job": "snnet_ray.results.serve",
     "ensure_results_service": "snnet_ray.results.serve",
     "find_results_service": "snnet_ray.results.serve",
     "shutdown_results_service": "snnet_ray.results.serve",

@@ -23,6 +23,7 @@ from snnet_ray.results.store import DEFAULT_DB_URL, ResultsStore, normalize_db_u
 __all__ = [
     "DEFAULT_HTTP_PORT",
     "ResultsService",
+    "connect_for_job",
     "ensure_results_service",
     "find_results_service",
     "shutdown_results_service",
@@ -72,6 +73,30 @@ def ensure_results_service(
         raise RuntimeError(f"deployed the results application {name!r} but Serve does not report it running")
     _wait_healthy(url, timeout_s)
     return url
+
+
+def connect_for_job(
+    url: str | os.PathLike[str] | None = None,
+    *,
+    db_url: str | os.PathLike[str] = DEFAULT_DB_URL,
+    token: str | None = None,
+    port: int = DEFAULT_HTTP_PORT,
+) -> Any:
+    """The results a job writes to: `url`, else $SNNET_RESULTS_URL, else the cluster's Serve app.
+
+    On a Ray cluster with neither set, the results application is deployed (over `db_url`) when
+    it is not running yet, so every job and worker of the cluster shares one service. Without
+    Ray, `db_url` is used directly in this process.
+    """
+    import ray
+
+    from snnet_ray.results.client import ENV_URL, connect
+
+    if url is not None or os.environ.get(ENV_URL):
+        return connect(url, token=token)
+    if ray.is_initialized():
+        return connect(ensure_results_service(db_url, token=token, port=port), token=token)
+    return connect(normalize_db_url(db_url))
 
 
 def find_results_service(name: str = SERVICE_NAME, timeout_s: float = 60.0) -> str | None:

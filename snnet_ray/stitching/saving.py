@@ -46,7 +46,7 @@ def save_snnet(
 
 
 def load_snnet(directory: str | Path, device: torch.device | str = "cpu") -> SNNet:
-    """Rebuild a saved SN-Net and load its weights."""
+    """Rebuild a saved SN-Net and load its weights (`device='meta'`: structure only, instantly)."""
     directory = Path(directory)
     spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
     for path in (spec_path, weights_path):
@@ -64,5 +64,6 @@ def load_snnet(directory: str | Path, device: torch.device | str = "cpu") -> SNN
         device=device,
         **spec["timm_kwargs"],
     )
-    model.load_state_dict(load_file(str(weights_path), device=str(device)))
+    if str(device) != "meta":  # on meta only the structure (configs, costs) is wanted
+        model.load_state_dict(load_file(str(weights_path), device=str(device)))
     return model
