@@ -34,7 +34,7 @@ from snnet_ray.eval import ConfigCounts, evaluate_batch, evaluate_batch_by_confi
 from snnet_ray.stitching.cost import path_pieces
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from tiny_families import TINY_VIT  # noqa: E402
+from tiny_families import TINY_VIT
 
 
 def one_pass(model: SNNet, loader) -> dict[int, ConfigCounts]:

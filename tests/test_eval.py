@@ -93,7 +93,8 @@ def test_distributed_evaluation_equals_one_process_and_resumes(tmp_path, digits,
     records = results.records("eval-test", "final")
     assert len(records) == 6 * len(model.configs)
     # shards recorded by the first call were skipped, not evaluated again
-    assert all(first_records[(r.shard, r.config_id)] == r.time for r in records if (r.shard, r.config_id) in first_records)
+    kept = [r for r in records if (r.shard, r.config_id) in first_records]
+    assert all(first_records[(r.shard, r.config_id)] == r.time for r in kept)
     # two workers' partial counts sum to exactly the single-process counts
     rows = {row.config_id: row for row in table.rows}
     assert len(rows) == len(model.configs)
@@ -107,7 +108,7 @@ def test_distributed_evaluation_equals_one_process_and_resumes(tmp_path, digits,
 def test_eval_command_on_a_training_style_checkpoint(tmp_path, digits, saved_model, ray_cluster, capsys):
     from snnet_ray.cli import main
 
-    model_dir, model = saved_model
+    model_dir, _ = saved_model
     checkpoint = tmp_path / "my-run" / "checkpoint_000003"
     checkpoint.mkdir(parents=True)
     (checkpoint / "model").symlink_to(model_dir, target_is_directory=True)
