@@ -115,7 +115,8 @@ class AnchorAdapter(nn.Module):
     # -- generic --------------------------------------------------------------------------------
     @property
     def num_stages(self) -> int:
-        return len(self.stage_widths)
+        """Number of stages, from the model's structure (valid on pruned copies too)."""
+        raise NotImplementedError
 
     @property
     def stage_depths(self) -> list[int]:

@@ -46,6 +46,10 @@ class ResNetAdapter(AnchorAdapter):
         return [self.model.fc]
 
     @property
+    def num_stages(self) -> int:
+        return 4
+
+    @property
     def stage_widths(self) -> list[int]:
         widths = []
         for s in range(4):

@@ -46,5 +46,9 @@ class SwinAdapter(AnchorAdapter):
         return [self.model.norm, self.model.head]
 
     @property
+    def num_stages(self) -> int:
+        return len(self.model.layers)
+
+    @property
     def stage_widths(self) -> list[int]:
         return [int(layer.blocks[0].dim) for layer in self.model.layers]

@@ -43,5 +43,9 @@ class ViTAdapter(AnchorAdapter):
         return [h for h in heads if h is not None]
 
     @property
+    def num_stages(self) -> int:
+        return 1
+
+    @property
     def stage_widths(self) -> list[int]:
         return [int(self.model.embed_dim)]

@@ -6,9 +6,8 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-__all__ = ["register", "resolve_model_dir"]
+__all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,31 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_eval)
 
 
-def resolve_model_dir(checkpoint: str) -> str:
-    """The saved-SN-Net directory inside `checkpoint` (a training checkpoint holds it in `model/`).
-
-    Remote checkpoints (s3://, gs://, ...) are downloaded with Ray Train's `Checkpoint`.
-    """
-    if "://" in checkpoint:
-        from ray.train import Checkpoint
-
-        checkpoint = Checkpoint(checkpoint).to_directory()
-    path = Path(checkpoint)
-    for candidate in (path, path / "model"):
-        if (candidate / "snnet.json").is_file():
-            return str(candidate)
-    raise FileNotFoundError(
-        f"no saved SN-Net in {checkpoint}: expected snnet.json and model.safetensors there or in its model/ "
-        "folder (training checkpoints and save_snnet write them)"
-    )
-
-
 def _eval(args: argparse.Namespace) -> int:
     import ray
 
     from snnet_ray.eval.distributed import EvalRequest, evaluate_distributed
     from snnet_ray.results import connect_for_job
     from snnet_ray.results.text import format_table
+    from snnet_ray.stitching.saving import resolve_model_dir
 
     model_dir = resolve_model_dir(args.checkpoint)
     run = args.run or _run_name(args.checkpoint)

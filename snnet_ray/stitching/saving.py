@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from snnet_ray.stitching.snnet import SNNet
 
-__all__ = ["SPEC_FILE", "WEIGHTS_FILE", "load_snnet", "save_snnet"]
+__all__ = ["SPEC_FILE", "WEIGHTS_FILE", "load_snnet", "resolve_model_dir", "save_snnet"]
 
 SPEC_FILE = "snnet.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -67,3 +67,22 @@ def load_snnet(directory: str | Path, device: torch.device | str = "cpu") -> SNN
     if str(device) != "meta":  # on meta only the structure (configs, costs) is wanted
         model.load_state_dict(load_file(str(weights_path), device=str(device)))
     return model
+
+
+def resolve_model_dir(checkpoint: str) -> str:
+    """The saved-SN-Net directory inside `checkpoint` (a training checkpoint holds it in `model/`).
+
+    Remote checkpoints (s3://, gs://, ...) are downloaded with Ray Train's `Checkpoint`.
+    """
+    if "://" in checkpoint:
+        from ray.train import Checkpoint
+
+        checkpoint = Checkpoint(checkpoint).to_directory()
+    path = Path(checkpoint)
+    for candidate in (path, path / "model"):
+        if (candidate / SPEC_FILE).is_file():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"no saved SN-Net in {checkpoint}: expected snnet.json and model.safetensors there or in its model/ "
+        "folder (training checkpoints and save_snnet write them)"
+    )

@@ -1,0 +1,201 @@
+"""One config of an SN-Net as a standalone network that holds only the modules its path runs.
+
+SN-Net (Pan et al., CVPR 2023) keeps every anchor and stitching layer in one module so that a
+config can be switched at run time. A deployed model needs one config: for a stitch (j, l) in a
+stage, the front anchor's embedding, earlier stages and blocks 0..j, the stitching layer, then the
+back anchor's blocks l.., later stages, final norm and head; for an anchor config, that anchor.
+
+`extract_config` deep-copies only those pieces (the pieces of `stitching.cost.path_pieces`, so the
+parameter count equals `SNNet.cost(cfg_id).params`). Modules off the path become parameter-free
+`nn.Identity` placeholders and parameters off the path become None, so block indices and timm's
+state-dict key names stay the anchors' own, and the anchors' own adapter code runs the path.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from snnet_ray.anchors.base import AnchorAdapter
+from snnet_ray.stitching.cost import path_pieces
+from snnet_ray.stitching.snnet import SNNet
+from snnet_ray.stitching.space import StitchConfig
+
+__all__ = ["StitchedNetwork", "extract_config", "prune_anchor"]
+
+
+class StitchedNetwork(nn.Module):
+    """A single SN-Net config: `front` [-> `stitch` -> `back`], nothing else.
+
+    For an anchor config `front` is that whole anchor and `stitch`, `back` are None. For a stitch,
+    `front` runs up to and including block `position[0]` of `stage` and `back` starts at block
+    `position[1]`; both are adapters of pruned anchor copies (see `prune_anchor`).
+    `forward(x)` equals `SNNet.forward_config(x, cfg_id)` exactly.
+
+    Args:
+        front: the front anchor (or the anchor of an anchor config).
+        stitch: the stitching layer (None for an anchor config).
+        back: the back anchor (None for an anchor config).
+        stage: stage of the cut.
+        position: (j, l) block indices of the cut in the anchors' own numbering.
+        spec: what the network is and how to rebuild it (written to config.json on export).
+    """
+
+    def __init__(
+        self,
+        front: AnchorAdapter,
+        stitch: nn.Module | None = None,
+        back: AnchorAdapter | None = None,
+        *,
+        stage: int | None = None,
+        position: tuple[int, int] | None = None,
+        spec: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if (stitch is None) != (back is None) or (back is not None and (stage is None or position is None)):
+            raise ValueError("a stitched network needs front, stitch, back, stage and position; an anchor only front")
+        self.front, self.stitch, self.back = front, stitch, back
+        self.stage = stage
+        self.position = tuple(position) if position is not None else None
+        self.spec: dict[str, Any] = dict(spec or {})
+
+    @property
+    def is_anchor(self) -> bool:
+        return self.back is None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.back is None:
+            return self.front(x)
+        j, l = self.position
+        return self.back.forward_from(self.stitch(self.front.forward_until(x, self.stage, j)), self.stage, l)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        if not self.spec:
+            return ""
+        return f"config={self.spec.get('config_id')} ({self.spec.get('path', '')})"
+
+
+def extract_config(model: SNNet, cfg_id: int) -> StitchedNetwork:
+    """Copy config `cfg_id` of `model` out as a `StitchedNetwork` (the SNNet can be freed after)."""
+    if not 0 <= cfg_id < len(model.configs):
+        raise ValueError(f"config id {cfg_id} out of range; this SN-Net has configs 0..{len(model.configs) - 1}")
+    cfg = model.configs[cfg_id]
+    spec = _network_spec(model, cfg)
+    if cfg.is_anchor:
+        net = StitchedNetwork(copy.deepcopy(model.anchors[cfg.anchors[0]]), spec=spec)
+    else:
+        (front, back), (j, l) = cfg.anchors, cfg.positions[0]
+        front_adapter, back_adapter = model.anchors[front], model.anchors[back]
+        net = StitchedNetwork(
+            prune_anchor(front_adapter, set(path_pieces(front_adapter, cfg.stage, j, "front"))),
+            copy.deepcopy(model.stitch_layers[cfg.layer]),
+            prune_anchor(back_adapter, set(path_pieces(back_adapter, cfg.stage, l, "back"))),
+            stage=cfg.stage,
+            position=(j, l),
+            spec=spec,
+        )
+    return net.train(model.training)
+
+
+def prune_anchor(adapter: AnchorAdapter, keep: set[str]) -> AnchorAdapter:
+    """A deep copy of `adapter` holding only the pieces in `keep` ('embed', 'enter.s', 'block.s.i', 'finish').
+
+    Nothing off the path is copied: a module of a dropped piece is replaced by `nn.Identity` (its
+    index in a stage is kept), and when 'embed' is dropped every other stateful module and loose
+    parameter outside the kept pieces (patch embedding, class token, position embedding) goes too.
+    Stateless modules (dropout, activations, pooling) are kept: they cost nothing and the anchor's
+    code may use them.
+    """
+    piece_of = _piece_modules(adapter)
+    holders = {id(m) for m in adapter.model.modules() if any(id(d) in piece_of for d in m.modules())}
+    drop_embed = "embed" not in keep
+    # Prefilled deepcopy memo: what it maps an original to is used in place of a copy of it.
+    memo: dict[int, Any] = {}
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            piece = piece_of.get(id(child))
+            if piece is not None:
+                if piece not in keep:
+                    memo[id(child)] = nn.Identity()
+            elif id(child) in holders:
+                visit(child)
+            elif drop_embed and _has_state(child):
+                memo[id(child)] = nn.Identity()
+        if drop_embed:
+            for tensor in (*module._parameters.values(), *module._buffers.values()):
+                if tensor is not None:
+                    memo[id(tensor)] = None
+
+    visit(adapter.model)
+    return copy.deepcopy(adapter, memo)
+
+
+def _network_spec(model: SNNet, cfg: StitchConfig) -> dict[str, Any]:
+    """What config.json says of an extracted config: identity, cost, data config and how to rebuild it."""
+    cost = model.cost(cfg.id)
+    data = model.data_config
+    anchors = [model.anchors[a] for a in cfg.anchors]
+    spec: dict[str, Any] = {
+        "config_id": cfg.id,
+        "config_name": cfg.name,
+        "kind": cfg.kind,
+        "path": model.describe(cfg.id),
+        "family": model.family,
+        "anchor_names": [a.name for a in anchors],
+        "gmacs": cost.gmacs,
+        "params": cost.params,
+        "num_classes": model.num_classes,
+        "input_size": list(model.input_size),
+        "mean": list(data.get("mean", ())),
+        "std": list(data.get("std", ())),
+        "interpolation": data.get("interpolation"),
+        "crop_pct": data.get("crop_pct"),
+        "crop_mode": data.get("crop_mode"),
+        "stage": cfg.stage,
+        "position": list(cfg.positions[0]) if cfg.positions else None,
+        "num_stages": anchors[0].num_stages,
+    }
+    if not cfg.is_anchor:
+        layer = model.layer_specs[cfg.layer]
+        spec["stitch_layer"] = {
+            "index": layer.index,
+            "layout": anchors[0].layout,
+            "in_width": layer.in_width,
+            "out_width": layer.out_width,
+        }
+    if model.build_spec is not None:
+        build = model.build_spec
+        spec["anchors"] = [list(build["anchors"][a]) for a in cfg.anchors]
+        spec["timm_kwargs"] = dict(build["timm_kwargs"])
+        spec["snnet"] = {
+            "anchors": [list(a) for a in build["anchors"]],
+            "kernel_size": build["kernel_size"],
+            "stride": build["stride"],
+            "nearest": build["nearest"],
+            "configs": len(model.configs),
+        }
+    return spec
+
+
+def _piece_modules(adapter: AnchorAdapter) -> dict[int, str]:
+    """id of every module that is a piece (stage entry, block, final norm/head) -> its piece key."""
+    pieces: dict[int, str] = {}
+    for s in range(adapter.num_stages):
+        for m in adapter.enter_modules(s):
+            pieces[id(m)] = f"enter.{s}"
+        for i, blk in enumerate(adapter.stage_blocks(s)):
+            pieces[id(blk)] = f"block.{s}.{i}"
+    for m in adapter.finish_modules():
+        pieces[id(m)] = "finish"
+    return pieces
+
+
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
