@@ -58,7 +58,8 @@ def evaluate_shards(
     Every config is evaluated in one pass per batch (`evaluate_batch`). `amp_dtype` (e.g.
     torch.bfloat16) enables autocast on CUDA; counts are taken from float32 logits.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    param = next(model.parameters())
+    device = torch.device(device) if device is not None else param.device
     was_training = model.training
     model.eval()
     pending: dict[str, dict[int, ConfigCounts]] = defaultdict(lambda: defaultdict(ConfigCounts))
@@ -69,7 +70,7 @@ def evaluate_shards(
         bar = tqdm(total=total, desc="evaluating", unit="batch", leave=False)
     try:
         for batch in batches:
-            images = batch.images.to(device, non_blocking=True)
+            images = batch.images.to(device, param.dtype, non_blocking=True)  # a bf16 model takes bf16 input
             targets = batch.targets.to(device, non_blocking=True)
             with _autocast(device, amp_dtype):
                 counts = evaluate_batch(model, images, targets, config_ids)

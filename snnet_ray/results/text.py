@@ -46,13 +46,16 @@ def format_rows(rows: Sequence[ConfigResult], devices: Sequence[str] = ()) -> st
     header = ["id", "config", "pair", "GMACs", "params(M)", "top-1", "top-5", "loss", "shards"]
     header += [f"{d}(ms)" for d in devices] + [""]
     right = {0, 3, 4, 5, 6, 7, 8, *range(9, 9 + len(devices))}
+    # Tiny demo models cost a few MMACs: show enough digits to tell configs apart.
+    largest = max((r.gmacs for r in rows if r.gmacs is not None), default=1.0)
+    gmacs_digits = 2 if largest >= 1 else 3 if largest >= 0.1 else 4
     body = []
     for r in rows:
         body.append([
             str(r.config_id),
             ("◆ " if r.kind == "anchor" else "  ") + r.label,
             pair_label(r),
-            _num(r.gmacs, 2),
+            _num(r.gmacs, gmacs_digits),
             _num(r.params / 1e6 if r.params is not None else None, 2),
             _pct(r.top1),
             _pct(r.top5),

@@ -1,0 +1,80 @@
+"""`snnet-ray train`: train an SN-Net on Ray from a preset or YAML file with overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["add_train_arguments", "register", "train_command"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train an SN-Net with Ray Train + DeepSpeed",
+        description="Train an SN-Net from a preset (snnet_ray/presets) or a YAML file, with KEY=VALUE overrides.",
+    )
+    add_train_arguments(p)
+    p.set_defaults(handler=train_command)
+
+
+def add_train_arguments(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    """The flags of `snnet-ray train` (shared by jobs/train_*.py)."""
+    p.add_argument(
+        "--config",
+        default=default_config,
+        required=default_config is None,
+        help="preset name (tiny_digits, deit_ti_s_b_imagenet, swin_ti_s_b_imagenet) or YAML file",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set optim.lr=1e-4 --set scaling.num_workers=8 (repeatable)",
+    )
+    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--json", action="store_true", help="print where things went as JSON")
+
+
+def train_command(args: argparse.Namespace) -> int:
+    import os
+
+    import yaml
+
+    from snnet_ray.train.config import load_experiment
+
+    cfg = load_experiment(args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+    import ray
+
+    from snnet_ray.train.launch import run_experiment
+
+    if not ray.is_initialized():
+        ray.init(address=args.address or os.environ.get("RAY_ADDRESS"))
+    outcome = run_experiment(cfg)
+    where = {
+        "run": outcome.run,
+        "checkpoint": outcome.checkpoint,
+        "results": outcome.results_url,
+        "page": outcome.page_url,
+    }
+    if args.json:
+        json.dump(where, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    if outcome.table is not None:
+        from snnet_ray.results.text import format_table
+
+        print(format_table(outcome.table))
+    print(f"\nrun:         {outcome.run}")
+    print(f"checkpoint:  {outcome.checkpoint}")
+    print(f"results:     {outcome.results_url}")
+    if outcome.page_url:
+        print(f"results page: {outcome.page_url}")
+    return 0

@@ -1,0 +1,315 @@
+"""The experiment config: typed dataclasses loaded from YAML presets, with `--set` overrides.
+
+    cfg = load_experiment("swin_ti_s_b_imagenet", ["data.root=/data/imagenet-wds", "scaling.num_workers=16"])
+
+A preset (`snnet_ray/presets/<name>.yaml`, or any YAML file) is complete data: every section maps
+onto one dataclass below and unknown keys are errors that name the field. Components own their
+configs (`DataConfig`, `OptimConfig`, `SamplerConfig`, `DeepSpeedConfig`, `LossConfig`); this
+module composes them and adds what a run needs around them. `validate_experiment` checks files
+and the cluster before any worker starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from snnet_ray.data.config import DataConfig
+from snnet_ray.train.deepspeed_config import DeepSpeedConfig
+from snnet_ray.train.loss import LossConfig
+from snnet_ray.train.optim import OptimConfig
+from snnet_ray.train.samplers import SamplerConfig
+
+__all__ = [
+    "PRESETS_DIR",
+    "EvalConfig",
+    "ExperimentConfig",
+    "FailureConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "ResultsConfig",
+    "ScalingConfig",
+    "ScheduleConfig",
+    "apply_overrides",
+    "list_presets",
+    "load_experiment",
+]
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
+
+
+@dataclass
+class ModelConfig:
+    """The anchors and the stitch space (`SNNet.from_timm` arguments)."""
+
+    anchors: list[Any] = field(default_factory=list)
+    """timm names or [name, {kwargs}] pairs, smallest first."""
+    pretrained: Any = False
+    """False, True (timm's default source, e.g. the hub), or one weights file per anchor (a list)."""
+    kernel_size: int = 2
+    stride: int = 1
+    nearest: bool = True
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Applied to every anchor, e.g. num_classes, img_size, drop_path_rate."""
+    ls_init_images: int = 100
+    """Training images in the least-squares init batch; 0 keeps random stitching layers."""
+
+    def __post_init__(self) -> None:
+        if len(self.anchors) < 2:
+            raise ValueError(f"model.anchors needs at least two timm models of one family, got {self.anchors}")
+        self.anchors = [a if isinstance(a, str) else (a[0], dict(a[1])) for a in self.anchors]
+        if self.ls_init_images < 0:
+            raise ValueError(f"model.ls_init_images must be >= 0, got {self.ls_init_images}")
+
+
+@dataclass
+class ScheduleConfig:
+    """How long to train and how the learning rate scales."""
+
+    epochs: float = 50
+    warmup_epochs: float = 5
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (quick runs, sweeps); None: all epochs."""
+    lr_reference_batch: int | None = 512
+    """optim.lr is given for this global batch and scaled linearly to the real one; None: as given."""
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0:
+            raise ValueError(f"schedule.epochs must be > 0, got {self.epochs}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"schedule.warmup_epochs must lie in 0..epochs, got {self.warmup_epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"schedule.max_steps must be >= 1, got {self.max_steps}")
+
+
+@dataclass
+class ScalingConfig:
+    """Ray Train workers: one per GPU on clusters, CPU processes on a laptop."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1
+    placement_strategy: str = "PACK"
+    """PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (Ray placement group)."""
+    check_resources: bool = True
+    """Refuse a run the cluster's current CPUs/GPUs cannot place; false on autoscaling clusters,
+    which start nodes on demand."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"scaling.num_workers must be >= 1, got {self.num_workers}")
+        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise ValueError("scaling.placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
+
+
+@dataclass
+class OutputConfig:
+    """Where the run's checkpoints go and how often they are taken."""
+
+    name: str = "snnet"
+    storage_path: str = "~/ray_results"
+    """Ray Train storage: a local path or s3:// / gs:// URI."""
+    checkpoint_every_steps: int = 500
+    keep_checkpoints: int = 2
+    log_every_steps: int = 50
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every_steps < 1 or self.log_every_steps < 1:
+            raise ValueError("run.checkpoint_every_steps and run.log_every_steps must be >= 1")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"run.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+
+
+@dataclass
+class FailureConfig:
+    """Fault tolerance (Ray Train `FailureConfig`)."""
+
+    max_failures: int = 3
+    """Worker-group failures the run recovers from, restarting from the last checkpoint; -1: unlimited."""
+
+    def __post_init__(self) -> None:
+        if self.max_failures < -1:
+            raise ValueError(f"failure.max_failures must be >= -1 (-1: unlimited), got {self.max_failures}")
+
+
+@dataclass
+class EvalConfig:
+    """Periodic and final evaluation (one pass over the validation shards evaluates every config)."""
+
+    every_steps: int = 0
+    """Evaluate every N optimizer steps (0: only at the end)."""
+    configs: Any = "all"
+    """'all', 'anchors', or a list of config ids, for periodic evaluations."""
+    max_shards: int | None = None
+    """Periodic evaluations use only the first N validation shards; None: all."""
+    final: bool = True
+    """Evaluate every config on the full validation set at the end."""
+    at_start: bool = False
+    """Also evaluate right after the least-squares init (checkpoint name 'init'): the baseline."""
+    batch_size: int | None = None
+    """Validation batch size per worker; None: data.val_batch_size or data.batch_size."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
+        if not (self.configs in ("all", "anchors") or isinstance(self.configs, list)):
+            raise ValueError(f"eval.configs must be 'all', 'anchors' or a list of ids, got {self.configs!r}")
+
+
+@dataclass
+class ResultsConfig:
+    """Where evaluations go: a results service URL, or the database of a service the job deploys."""
+
+    url: str | None = None
+    """http(s) URL of a running service, or a database URL used directly; None: $SNNET_RESULTS_URL, else
+    the cluster's Serve app (deployed over `db` when not running)."""
+    db: str = "sqlite:///snnet-results.db"
+    token: str | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole SN-Net training run."""
+
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: OutputConfig = field(default_factory=OutputConfig)
+    failure: FailureConfig = field(default_factory=FailureConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # data.batch_size is the per-rank micro-batch; DeepSpeed must agree with it.
+        if self.deepspeed.micro_batch_size != self.data.batch_size:
+            self.deepspeed = dataclasses.replace(self.deepspeed, micro_batch_size=self.data.batch_size)
+        self.deepspeed.check_sampler(self.sampler.name)
+        self.deepspeed.accumulation_steps(self.scaling.num_workers)  # raises when batches do not divide
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.deepspeed.global_batch(self.scaling.num_workers)
+
+    @property
+    def peak_lr(self) -> float:
+        """optim.lr scaled linearly from schedule.lr_reference_batch to the global batch."""
+        ref = self.schedule.lr_reference_batch
+        return self.optim.lr if ref is None else self.optim.lr * self.global_batch_size / ref
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_experiment(config: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Load a preset name, a YAML file or a dict, apply `key.path=value` overrides, and type it."""
+    if isinstance(config, Mapping):
+        data = dict(config)
+    else:
+        path = Path(config)
+        if not path.suffix and not path.exists():
+            path = PRESETS_DIR / f"{config}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"config {config!r} is neither a preset ({', '.join(list_presets())}) nor a YAML file"
+            )
+        data = yaml.safe_load(path.read_text()) or {}
+    return _build(ExperimentConfig, apply_overrides(data, overrides), "")
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of `data` with each 'a.b.c=value' set (value parsed as YAML: 1e-4, true, [a, b])."""
+    out = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. optim.lr=1e-4)")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p} is not a section")
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+# -- typed construction -------------------------------------------------------------------------
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where or 'config'} must be a mapping of fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"; did you mean '{_join(where, close[0])}'?" if close else f"; fields: {', '.join(sorted(names))}"
+        raise ValueError(f"unknown config field '{_join(where, key)}'{hint}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, _join(where, name))
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a missing required field
+        raise ValueError(f"{where or 'config'}: {err}") from None
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _convert(args[0], value, where) if len(args) == 1 else value
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string
+            return tp(value)
+        except ValueError:
+            pass
+    if tp in (int, float, bool, str) and not isinstance(value, tp):
+        raise ValueError(f"config field '{where}' must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
