@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test demo lint bench clean
+.PHONY: install system-deps test demo demo-stop lint bench clean
 
 # torch first, from this machine's disk (other versions download gigabytes), then the project.
 $(STAMP): pyproject.toml
@@ -22,6 +22,13 @@ system-deps:
 
 test: install system-deps
 	$(PY) -m pytest
+
+# The main job on the built-in digits data through a local Ray; ends with the table, plot and page.
+demo: install
+	bash scripts/demo.sh
+
+demo-stop:
+	-test -f demo_out/results.pid && kill $$(cat demo_out/results.pid) && rm -f demo_out/results.pid
 
 lint: install
 	$(VENV)/bin/ruff check .

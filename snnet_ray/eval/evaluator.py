@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ def to_records(run: str, checkpoint: str, shard: ShardCounts, worker: str | None
     """The results-service records of one shard (one per config)."""
     from snnet_ray.results import EvalRecord
 
+    now = time.time()
     return [
         EvalRecord(
             run=run,
@@ -115,6 +117,7 @@ def to_records(run: str, checkpoint: str, shard: ShardCounts, worker: str | None
             top5_correct=c.top5_correct,
             loss_sum=c.loss_sum if math.isfinite(c.loss_sum) else None,
             worker=worker,
+            time=now,
         )
         for cfg_id, c in sorted(shard.counts.items())
     ]

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from snnet_ray.data.config import DataConfig
+
 __all__ = ["AnchorRecipe", "ensure_anchor_weights", "train_anchor"]
 
 log = logging.getLogger(__name__)
@@ -41,28 +43,20 @@ def train_anchor(
     name: str,
     kwargs: dict[str, Any],
     timm_kwargs: dict[str, Any],
-    data_root: str,
+    data: DataConfig,
     recipe: AnchorRecipe = AnchorRecipe(),
 ) -> tuple[torch.nn.Module, float]:
-    """Train one timm model on the shards' train split; returns (model, validation top-1 %)."""
-    from snnet_ray.data import DataConfig, build_train_loader, build_val_loader
+    """Train one timm model on the shards' train split; returns (model, validation top-1 %).
+
+    `data` is the SN-Net run's data config: the anchors see the same normalisation and crops
+    the SN-Net will; mixup is off and the batch comes from the recipe.
+    """
+    from snnet_ray.data import build_train_loader, build_val_loader
 
     torch.manual_seed(recipe.seed)
     model = timm.create_model(name, **{**timm_kwargs, **kwargs})
-    data_cfg = DataConfig.from_timm(
-        data_root,
-        timm.data.resolve_model_data_config(model),
-        input_size=model.patch_embed.img_size[0] if hasattr(model, "patch_embed") else 224,
-        batch_size=recipe.batch_size,
-        num_workers=0,
-        auto_augment=None,
-        re_prob=0.0,
-        hflip=0.0,  # digits are not mirror-symmetric
-        scale=(0.6, 1.0),
-        mixup_alpha=0.0,
-        cutmix_alpha=0.0,
-        label_smoothing=0.0,
-        seed=recipe.seed,
+    data_cfg = data.replace(
+        batch_size=recipe.batch_size, num_workers=0, mixup_alpha=0.0, cutmix_alpha=0.0, seed=recipe.seed
     )
     loader = build_train_loader(data_cfg, rank=0, world_size=1)
     total = recipe.epochs * loader.steps_per_epoch
@@ -71,7 +65,7 @@ def train_anchor(
     model.train()
     for _ in range(recipe.epochs):
         for images, targets in loader:
-            loss = F.cross_entropy(model(images), targets)
+            loss = F.cross_entropy(model(images), targets, label_smoothing=data_cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -88,23 +82,29 @@ def train_anchor(
 def ensure_anchor_weights(
     anchors: Sequence[tuple[str, dict[str, Any]]],
     timm_kwargs: dict[str, Any],
-    data_root: str,
+    data: DataConfig,
     out_dir: str | Path,
     recipe: AnchorRecipe = AnchorRecipe(),
 ) -> list[Path]:
     """Weight files of every anchor, trained now or found from an earlier run with the same inputs."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = json.loads((Path(data_root) / "_info.json").read_text())
+    info = json.loads((Path(data.root) / "_info.json").read_text())
     paths = []
     for name, kwargs in anchors:
-        spec = {"name": name, "kwargs": kwargs, "timm_kwargs": timm_kwargs, "recipe": asdict(recipe), "data": info}
+        spec = {
+            "name": name,
+            "kwargs": kwargs,
+            "timm_kwargs": timm_kwargs,
+            "recipe": asdict(recipe),
+            "data": {**asdict(data), "root": None, "info": info},  # where the shards are does not matter
+        }
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
         path = out_dir / f"{name}-{digest}.safetensors"
         if path.is_file():
             log.info("anchor %s: cached weights %s", name, path)
         else:
-            model, top1 = train_anchor(name, kwargs, timm_kwargs, data_root, recipe)
+            model, top1 = train_anchor(name, kwargs, timm_kwargs, data, recipe)
             tmp = path.with_suffix(".tmp")
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
             tmp.rename(path)

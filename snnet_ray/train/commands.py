@@ -18,6 +18,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_train_arguments(p)
     p.set_defaults(handler=train_command)
 
+    p = subparsers.add_parser(
+        "pretrain-anchors",
+        help="train a config's anchors from scratch (the demo's stand-in for pretrained weights)",
+        description=(
+            "Train each anchor of a config on its shards (plain AdamW, cosine) and save safetensors files; "
+            "files from an earlier run with the same anchors, data and recipe are reused. Prints the files "
+            "as a YAML list for --set model.pretrained=..."
+        ),
+    )
+    p.add_argument("--config", required=True, help="preset name or YAML file (its model and data sections)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True, help="directory for the weight files")
+    p.add_argument("--epochs", type=int, default=6)
+    p.set_defaults(handler=_pretrain_anchors)
+
 
 def add_train_arguments(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
     """The flags of `snnet-ray train` (shared by jobs/train_*.py)."""
@@ -77,4 +92,15 @@ def train_command(args: argparse.Namespace) -> int:
     print(f"results:     {outcome.results_url}")
     if outcome.page_url:
         print(f"results page: {outcome.page_url}")
+    return 0
+
+
+def _pretrain_anchors(args: argparse.Namespace) -> int:
+    from snnet_ray.train.anchor_pretrain import AnchorRecipe, ensure_anchor_weights
+    from snnet_ray.train.config import load_experiment
+
+    cfg = load_experiment(args.config, args.overrides)
+    anchors = [(a, {}) if isinstance(a, str) else a for a in cfg.model.anchors]
+    paths = ensure_anchor_weights(anchors, cfg.model.timm_kwargs, cfg.data, args.out, AnchorRecipe(epochs=args.epochs))
+    print("[" + ",".join(str(p) for p in paths) + "]")
     return 0

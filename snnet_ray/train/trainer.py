@@ -94,10 +94,12 @@ class Trainer:
         # 9. restore
         self.states = {"progress": self.progress, "sampler": self.sampler, "rng": RandomState()}
         self.resumed = False
+        self.restored_step: int | None = None
         if checkpoint is not None:
             from snnet_ray.train.checkpoint import restore_checkpoint
 
             self.resumed = restore_checkpoint(self.engine, self.states, checkpoint)
+            self.restored_step = self.progress.step
             # A resumed epoch draws fresh batches rather than replaying the ones already trained.
             self.train_loader = self._train_loader(seed_offset=self.progress.step)
             self.train_loader.set_epoch(self.progress.epoch)
@@ -171,9 +173,12 @@ class Trainer:
 
         if not self.cfg.eval.final:
             return
-        summary = self.evaluate("final", "all", None)
+        # Restored from the final checkpoint: the recorded shards came from these weights. Otherwise
+        # this attempt trained, and every shard is evaluated again (replacing older records).
+        summary = self.evaluate("final", "all", None, skip_recorded=self.restored_step == self.total_steps)
         if summary:
-            self._log("final evaluation (top-1 %): " + ", ".join(f"{k}={v:.2f}" for k, v in summary.items()))
+            shown = ", ".join(f"{k}={v:.2f}" for k, v in summary.items() if isinstance(v, float))
+            self._log(f"final evaluation (top-1 %): {shown}")
             ray.train.report({"step": self.progress.step, "final": True, **summary})
 
     # -- metrics, checkpoints -----------------------------------------------------------------------
@@ -223,17 +228,28 @@ class Trainer:
             return {k: v.detach().to("cpu", torch.float32).clone() for k, v in self.snnet.state_dict().items()}
 
     # -- evaluation ---------------------------------------------------------------------------------
-    def evaluate(self, name: str, configs: Any, max_shards: int | None) -> dict[str, float]:
-        """Evaluate on the validation shards not yet recorded for `name`; returns top-1 summary (%)."""
+    def evaluate(
+        self, name: str, configs: Any, max_shards: int | None, skip_recorded: bool = False
+    ) -> dict[str, Any]:
+        """Evaluate `configs` on the validation shards and record them as checkpoint `name`.
+
+        Records are keyed by (run, name, config, shard), so evaluating again replaces them.
+        `skip_recorded` skips shards already recorded for every config: right only when those
+        records came from these very weights (a restart during the final evaluation).
+        Returns a top-1 summary (%) of the evaluated configs.
+        """
         from snnet_ray.data import build_val_loader, read_info
         from snnet_ray.eval.distributed import pending_shards
         from snnet_ray.eval.evaluator import evaluate_shards, to_records
+        from snnet_ray.results.pareto import frontier_auc
 
         if self.results is None:
             return {}
         ids = self._config_ids(configs)
         shards = list(read_info(self.cfg.data.root).split(self.cfg.data.val_split).filenames)[:max_shards]
-        todo = [pending_shards(self.results, self.run, name, shards, len(ids)) if self.rank == 0 else None]
+        if skip_recorded and self.rank == 0:
+            shards = pending_shards(self.results, self.run, name, shards, len(ids))
+        todo = [shards]
         self.dist.broadcast_object_list(todo, src=0)  # every rank splits the same list
         model = self._model_for_eval()
         if todo[0]:
@@ -244,10 +260,23 @@ class Trainer:
                 self.results.ingest(to_records(self.run, name, shard, worker=worker))
         self.dist.barrier()
         table = self.results.table(self.run, name)
-        top1 = [r.top1 for r in table.rows if r.top1 is not None and r.config_id in set(ids)]
-        if not top1:
+        rows = [r for r in table.rows if r.top1 is not None and r.config_id in set(ids)]
+        if not rows:
             return {}
-        return {"eval_top1_mean": sum(top1) / len(top1), "eval_top1_min": min(top1), "eval_top1_max": max(top1)}
+        top1 = [r.top1 for r in rows]
+        summary: dict[str, Any] = {
+            "eval_checkpoint": name,  # where the sweep's report bridge reads the per-config table
+            "eval_top1_mean": sum(top1) / len(top1),
+            "eval_top1_min": min(top1),
+            "eval_top1_max": max(top1),
+        }
+        # The sweep objective over this family's anchors (snnet_ray.tune.objective): mean best top-1
+        # within a GMACs budget, budgets from the smallest anchor's GMACs to the largest one's.
+        anchors = [r.gmacs for r in table.rows if r.kind == "anchor" and r.gmacs is not None]
+        auc = frontier_auc(rows, min(anchors), max(anchors)) if anchors else None
+        if auc is not None:
+            summary["eval_frontier_auc"] = auc
+        return summary
 
     def _model_for_eval(self) -> torch.nn.Module:
         """The SNNet itself (ZeRO 0-2), or a full copy (ZeRO-3 shards parameters across ranks)."""

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# `make demo`: the whole product on one machine, on real data (scikit-learn's digits), CPU only.
+#
+#   1. write the digits as webdataset shards            data/digits/
+#   2. train three tiny Swin anchors on them (cached)   demo_out/anchors/
+#   3. start a local Ray head (its own ports)
+#   4. ray job submit jobs/train_swin.py --config tiny_digits (least-squares init, DeepSpeed, evaluation)
+#   5. show the per-config table and the Pareto plot, stop the Ray head, serve the results page
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"   # `ray start` and the job's `python` come from the project's venv
+export PYTHONUNBUFFERED=1
+
+OUT="$PWD/demo_out"
+DATA="$PWD/data/digits"
+DB="sqlite:///$OUT/results.db"
+RAY_PORT=${DEMO_RAY_PORT:-6389}
+DASHBOARD_PORT=${DEMO_DASHBOARD_PORT:-8275}
+PAGE_PORT=${DEMO_PAGE_PORT:-8090}
+RUN=tiny-digits
+mkdir -p "$OUT"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1/5 digits shards -> $DATA"
+snnet-ray shards digits --out "$DATA"
+
+step "2/5 tiny Swin anchors (trained once, then cached)"
+WEIGHTS=$(snnet-ray pretrain-anchors --config tiny_digits --set data.root="$DATA" --out "$OUT/anchors")
+echo "anchors: $WEIGHTS"
+
+step "3/5 local Ray head (port $RAY_PORT, dashboard $DASHBOARD_PORT)"
+# Token authentication with the demo's own token: the head, `ray job submit` and the job share it.
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$OUT/ray_auth_token"
+[ -s "$RAY_AUTH_TOKEN_PATH" ] || python -c "import secrets; print(secrets.token_hex(32))" >"$RAY_AUTH_TOKEN_PATH"
+chmod 600 "$RAY_AUTH_TOKEN_PATH"
+# `--block` in a session of its own: stopping the demo's head stops exactly its processes
+# (`ray stop` would stop every Ray on this machine).
+setsid ray start --head --block --port "$RAY_PORT" --dashboard-port "$DASHBOARD_PORT" --num-cpus 2 \
+    --include-dashboard true --disable-usage-stats >"$OUT/ray_head.log" 2>&1 &
+RAY_HEAD=$!
+stop_ray() {
+    kill -TERM -- "-$RAY_HEAD" 2>/dev/null || return 0
+    for _ in $(seq 20); do kill -0 "$RAY_HEAD" 2>/dev/null || return 0; sleep 0.5; done
+    kill -KILL -- "-$RAY_HEAD" 2>/dev/null || true
+}
+trap stop_ray EXIT
+for _ in $(seq 120); do
+    curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$RAY_AUTH_TOKEN_PATH")" \
+        "http://127.0.0.1:$DASHBOARD_PORT/api/jobs/" && break
+    kill -0 "$RAY_HEAD" 2>/dev/null || { tail -20 "$OUT/ray_head.log"; exit 1; }
+    sleep 1
+done
+
+step "4/5 ray job submit -- python jobs/train_swin.py --config tiny_digits"
+ray job submit --address "http://127.0.0.1:$DASHBOARD_PORT" --working-dir . \
+    --runtime-env cluster/runtime_env.yaml -- \
+    python jobs/train_swin.py --config tiny_digits \
+        --set data.root="$DATA" \
+        --set "model.pretrained=$WEIGHTS" \
+        --set run.storage_path="$OUT/runs" \
+        --set results.db="$DB" \
+        --set run.name="$RUN"
+
+step "5/5 results"
+stop_ray
+trap - EXIT
+snnet-ray results show --db "$DB" --run "$RUN"
+snnet-ray results pareto --db "$DB" --run "$RUN" --png "$OUT/pareto.png"
+
+# The page outlives the Ray head: a standalone results server over the same database.
+if [ -f "$OUT/results.pid" ]; then kill "$(cat "$OUT/results.pid")" 2>/dev/null || true; fi
+nohup snnet-ray results serve --db "$DB" --host 127.0.0.1 --port "$PAGE_PORT" >"$OUT/results_server.log" 2>&1 &
+echo $! >"$OUT/results.pid"
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PAGE_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+
+echo
+echo "Pareto plot:   $OUT/pareto.png"
+echo "results page:  http://127.0.0.1:$PAGE_PORT/runs/$RUN   (stop the page server: make demo-stop)"
+echo "checkpoints:   $OUT/runs/$RUN"
