@@ -77,6 +77,6 @@ def plot_pareto(
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    ax.legend(loc="lower right", fontsize=9, frameon=True, framealpha=0.9)
+    ax.legend(loc="best", fontsize=9, frameon=True, framealpha=0.9)  # away from the points
     fig.savefig(path, dpi=dpi)
     return path
