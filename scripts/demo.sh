@@ -36,13 +36,16 @@ export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$OUT/ray_auth_token"
 chmod 600 "$RAY_AUTH_TOKEN_PATH"
 # `--block` in a session of its own: stopping the demo's head stops exactly its processes
 # (`ray stop` would stop every Ray on this machine).
+# Its own temp dir (short: Ray's socket paths must fit 107 bytes) keeps it apart from other Rays.
+RAY_TMP=$(mktemp -d /tmp/snnet-demo-ray.XXXXXX)
 setsid ray start --head --block --port "$RAY_PORT" --dashboard-port "$DASHBOARD_PORT" --num-cpus 2 \
-    --include-dashboard true --disable-usage-stats >"$OUT/ray_head.log" 2>&1 &
+    --include-dashboard true --disable-usage-stats --temp-dir "$RAY_TMP" >"$OUT/ray_head.log" 2>&1 &
 RAY_HEAD=$!
 stop_ray() {
-    kill -TERM -- "-$RAY_HEAD" 2>/dev/null || return 0
-    for _ in $(seq 20); do kill -0 "$RAY_HEAD" 2>/dev/null || return 0; sleep 0.5; done
-    kill -KILL -- "-$RAY_HEAD" 2>/dev/null || true
+    kill -TERM -- "-$RAY_HEAD" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 "$RAY_HEAD" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-$RAY_HEAD" 2>/dev/null || true   # what TERM left behind (the raylet may linger)
+    rm -rf "$RAY_TMP"
 }
 trap stop_ray EXIT
 for _ in $(seq 120); do

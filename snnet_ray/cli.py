@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name != name:
+            if err.name is None or not name.startswith(err.name):  # a missing dependency, not the module
                 raise
             continue
         module.register(subparsers)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -41,9 +43,12 @@ def ray_head(tmp: Path, num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]
     }
     env.pop("RAY_ADDRESS", None)
     dashboard = free_port()
+    # A temp dir of its own (short: Ray's socket paths must fit 107 bytes): `ray start` records the
+    # cluster there, not in /tmp/ray/ray_current_cluster where later `ray.init()` calls would find it.
+    temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
     cmd = [
         f"{VENV_BIN}/ray", "start", "--head", "--block", f"--port={free_port()}", f"--dashboard-port={dashboard}",
-        f"--num-cpus={num_cpus}", "--include-dashboard=true", "--disable-usage-stats",
+        f"--num-cpus={num_cpus}", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}",
     ]  # fmt: skip
     log = open(tmp / "ray_head.log", "w")  # noqa: SIM115 (closed below)
     head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -69,3 +74,4 @@ def ray_head(tmp: Path, num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]
             os.killpg(head.pid, signal.SIGKILL)  # what SIGTERM left (the raylet may linger)
         head.wait()
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -32,7 +32,7 @@ def test_serve_deploys_once_and_is_found_by_name(tmp_path, monkeypatch):
     monkeypatch.delenv("SNNET_RESULTS_URL", raising=False)
     monkeypatch.delenv("SNNET_RESULTS_TOKEN", raising=False)
     db = f"sqlite:///{tmp_path / 'results.db'}"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert find_results_service("snnet-results") is None
         port = _free_port()

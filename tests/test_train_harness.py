@@ -223,6 +223,7 @@ def ray_cluster():
 
     tests_dir = str(Path(__file__).parent)
     ray.init(
+        address="local",  # a fresh cluster, whatever `ray start` left in /tmp/ray/ray_current_cluster
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
