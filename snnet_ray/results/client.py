@@ -49,7 +49,7 @@ class ResultsClient:
         token: str | None = None,
         *,
         timeout: float = 30.0,
-        retries: int = 5,
+        retries: int = 8,
         backoff: float = 0.25,
     ):
         if not url.startswith(("http://", "https://")):

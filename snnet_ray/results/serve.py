@@ -32,7 +32,12 @@ __all__ = [
 DEFAULT_HTTP_PORT = 8000
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+# Pinned to the head node: a SQLite file lives on the head's disk, and worker nodes come and go
+# (autoscaling, failures) while the head stays.
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}},
+    max_ongoing_requests=64,
+)
 @serve.ingress()
 class ResultsService:
     """Serve replica holding one store; the FastAPI app is built on the replica."""

@@ -70,7 +70,7 @@ def format_rows(rows: Sequence[ConfigResult], devices: Sequence[str] = ()) -> st
 def format_runs(runs: Sequence[RunSummary]) -> str:
     if not runs:
         return "(no run has reported yet)"
-    header = ["run", "status", "trial", "created", "latest", "ckpts", "configs", "best top-1"]
+    header = ["run", "status", "trial", "created", "latest", "ckpts", "configs", "best top-1", "hyperparameters"]
     body = [
         [
             r.run,
@@ -81,10 +81,17 @@ def format_runs(runs: Sequence[RunSummary]) -> str:
             str(len(r.checkpoints)),
             str(r.configs),
             _pct(r.best_top1),
+            _hyperparameters(r.hyperparameters),
         ]
         for r in runs
     ]
     return _grid(header, body, right={5, 6, 7})
+
+
+def _hyperparameters(params: dict | None) -> str:
+    if not params:
+        return ""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def format_comparison(cmp: Comparison) -> str:

@@ -106,8 +106,17 @@ def validate_experiment(cfg: ExperimentConfig, check_cluster: bool = True) -> An
     return model
 
 
-def build_trainer(cfg: ExperimentConfig, *, run: str, results_url: str | None, storage_path: str | None = None):
-    """The Ray Train `TorchTrainer` of a run (`run` names its folder under the storage path)."""
+def build_trainer(
+    cfg: ExperimentConfig,
+    *,
+    run: str,
+    results_url: str | None,
+    storage_path: str | None = None,
+    callbacks: list | None = None,
+):
+    """The Ray Train `TorchTrainer` of a run (`run` names its folder under the storage path).
+
+    `callbacks` are Ray Train callbacks (e.g. the Tune bridge of `snnet_ray.tune`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -134,6 +143,7 @@ def build_trainer(cfg: ExperimentConfig, *, run: str, results_url: str | None, s
             storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
+            callbacks=callbacks,
         ),
     )
 

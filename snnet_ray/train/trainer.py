@@ -11,8 +11,9 @@ restore; `train()` is the loop:
     every eval.every_steps:       one-pass evaluation of the chosen configs on the first shards
     at the end:                   final checkpoint, every config on the full validation set
 
-Evaluations go to the results service as exact partial counts per (config, shard); after a
-restart, shards already recorded are skipped.
+Evaluations go to the results service as exact partial counts per (config, shard), keyed so
+that evaluating again replaces a record instead of adding one. A restart that resumes from the
+final checkpoint (the weights the final evaluation used) skips the shards already recorded.
 """
 
 from __future__ import annotations
