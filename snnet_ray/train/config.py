@@ -39,8 +39,10 @@ __all__ = [
     "ScalingConfig",
     "ScheduleConfig",
     "apply_overrides",
+    "find_config",
     "list_presets",
     "load_experiment",
+    "read_yaml",
 ]
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -220,18 +222,27 @@ def list_presets() -> list[str]:
 
 def load_experiment(config: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Load a preset name, a YAML file or a dict, apply `key.path=value` overrides, and type it."""
-    if isinstance(config, Mapping):
-        data = dict(config)
-    else:
-        path = Path(config)
-        if not path.suffix and not path.exists():
-            path = PRESETS_DIR / f"{config}.yaml"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"config {config!r} is neither a preset ({', '.join(list_presets())}) nor a YAML file"
-            )
-        data = yaml.safe_load(path.read_text()) or {}
+    data = dict(config) if isinstance(config, Mapping) else read_yaml(find_config(config, PRESETS_DIR, "preset"))
     return _build(ExperimentConfig, apply_overrides(data, overrides), "")
+
+
+def find_config(config: str | Path, presets_dir: Path, kind: str = "preset") -> Path:
+    """The YAML file a `--config` names: a path, else a preset of `presets_dir` by name."""
+    path = Path(config).expanduser()
+    if not path.suffix and not path.exists():
+        path = presets_dir / f"{config}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in presets_dir.glob("*.yaml")))
+        raise FileNotFoundError(f"config {str(config)!r} is neither a {kind} ({names}) nor a YAML file")
+    return path
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file holding a mapping of config sections."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
+    return dict(data)
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -20,7 +20,14 @@ from typing import Any
 
 from snnet_ray.train.config import ExperimentConfig
 
-__all__ = ["ExperimentOutcome", "build_trainer", "local_weights", "run_experiment", "validate_experiment"]
+__all__ = [
+    "ExperimentOutcome",
+    "build_trainer",
+    "fit_recorded",
+    "local_weights",
+    "run_experiment",
+    "validate_experiment",
+]
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +179,17 @@ def run_experiment(cfg: ExperimentConfig, *, run: str | None = None, trial: dict
     register_configs(results, run, model)
     log.info("run %s: %d configs, results at %s", run, len(model.configs), results.url)
     trainer = build_trainer(cfg, run=run, results_url=results.url)
+    _, checkpoint = fit_recorded(trainer, results, run, experiment)
+    results.register_run(run, experiment=experiment, status="finished")
+    table = results.table(run, "final") if cfg.eval.final else None
+    return ExperimentOutcome(run=run, checkpoint=checkpoint, results_url=results.url, table=table)
+
+
+def fit_recorded(trainer: Any, results: Any, run: str, experiment: dict[str, Any]) -> tuple[Any, str | None]:
+    """`trainer.fit()`, marking the run failed in the results service if it raises.
+
+    Returns (Ray's Result, the last checkpoint's path) and records the checkpoint's SNNet as
+    `experiment["model_dir"]`, which `snnet-ray export --run` finds."""
     try:
         result = trainer.fit()
     except Exception:
@@ -180,9 +198,7 @@ def run_experiment(cfg: ExperimentConfig, *, run: str | None = None, trial: dict
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
     if checkpoint is not None:
         experiment["model_dir"] = f"{checkpoint}/model"
-    results.register_run(run, experiment=experiment, status="finished")
-    table = results.table(run, "final") if cfg.eval.final else None
-    return ExperimentOutcome(run=run, checkpoint=checkpoint, results_url=results.url, table=table)
+    return result, checkpoint
 
 
 def _check_weights(pretrained: Any) -> Any:

@@ -267,21 +267,15 @@ def list_sweep_presets() -> list[str]:
 
 def load_sweep(config: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> SweepConfig:
     """Load a sweep preset name, YAML file or dict, apply `KEY=VALUE` overrides, and type it."""
+    from snnet_ray.train.config import find_config, read_yaml
+
     source_dir = None
     if isinstance(config, Mapping):
         data = dict(config)
     else:
-        path = Path(config)
-        if not path.suffix and not path.exists():
-            path = SWEEPS_DIR / f"{config}.yaml"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"sweep config {config!r} is neither a sweep preset ({', '.join(list_sweep_presets())}) nor a YAML file"
-            )
-        data = yaml.safe_load(path.read_text()) or {}
+        path = find_config(config, SWEEPS_DIR, "sweep preset")
+        data = read_yaml(path)
         source_dir = str(path.resolve().parent)
-    if not isinstance(data, Mapping):
-        raise ValueError(f"a sweep config must be a mapping of fields, got {data!r}")
     data = _apply_overrides(data, overrides)
     data.setdefault("source_dir", source_dir)
     return _typed(SweepConfig, data, "")

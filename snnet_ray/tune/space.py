@@ -22,9 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from snnet_ray.train.config import PRESETS_DIR, ExperimentConfig, list_presets, load_experiment
+from snnet_ray.train.config import PRESETS_DIR, ExperimentConfig, find_config, load_experiment, read_yaml
 from snnet_ray.tune.config import ANCHOR_SET, SweepConfig
 
 __all__ = ["base_experiment", "check_space", "param_space", "read_base", "trial_experiment", "validation_points"]
@@ -88,16 +86,7 @@ def read_base(sweep: SweepConfig) -> dict[str, Any]:
     path = Path(sweep.base).expanduser()
     if not path.is_absolute() and sweep.source_dir and (Path(sweep.source_dir) / path).is_file():
         path = Path(sweep.source_dir) / path
-    if not path.suffix and not path.exists():
-        path = PRESETS_DIR / f"{sweep.base}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"sweep base {sweep.base!r} is neither an experiment preset ({', '.join(list_presets())}) nor a YAML file"
-        )
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"sweep base {path} must hold a mapping of config sections")
-    return dict(data)
+    return read_yaml(find_config(path if path.is_file() else sweep.base, PRESETS_DIR, "experiment preset"))
 
 
 # -- helpers ------------------------------------------------------------------------------------

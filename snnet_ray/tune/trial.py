@@ -40,7 +40,7 @@ def run_trial(
 
     from snnet_ray.eval.distributed import register_configs
     from snnet_ray.results import connect
-    from snnet_ray.train.launch import build_trainer, validate_experiment
+    from snnet_ray.train.launch import build_trainer, fit_recorded, validate_experiment
     from snnet_ray.tune.config import load_sweep
     from snnet_ray.tune.objective import family_summary
     from snnet_ray.tune.report import ObjectiveReportCallback
@@ -63,14 +63,7 @@ def run_trial(
 
     bridge = ObjectiveReportCallback(run, results_url, gmacs_range, token=token)
     trainer = build_trainer(cfg, run=run, results_url=results_url, callbacks=[bridge])
-    try:
-        result = trainer.fit()
-    except Exception:
-        results.register_run(run, status="failed")
-        raise
-    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
-    if checkpoint is not None:
-        experiment["model_dir"] = f"{checkpoint}/model"
+    result, checkpoint = fit_recorded(trainer, results, run, experiment)
     rows = results.table(run, "final").rows
     summary = family_summary(rows, gmacs_range)
     if summary["objective"] is None:
