@@ -114,9 +114,13 @@ def test_eval_command_on_a_training_style_checkpoint(tmp_path, digits, saved_mod
     (checkpoint / "model").symlink_to(model_dir, target_is_directory=True)
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     args = ["eval", "--checkpoint", str(checkpoint), "--data", str(digits), "--results", db]
-    assert main([*args, "--workers", "1", "--loader-workers", "0", "--configs", "0,1,2,5", "--json"]) == 0
+    flags = ["--workers", "1", "--loader-workers", "0", "--configs", "0,1,2,5", "--latency", "4", "--json"]
+    assert main([*args, *flags]) == 0
     table = json.loads(capsys.readouterr().out)
     assert table["run"] == "my-run" and {r["config_id"] for r in table["rows"] if r["samples"]} == {0, 1, 2, 5}
     assert all(r["samples"] == 360 for r in table["rows"] if r["samples"])
+    # latency on the worker's device (CPU here, batch 4), per evaluated config
+    measured = [r for r in table["rows"] if r["samples"]]
+    assert all(set(r["latency_ms"]) == {"cpu-b4"} and r["latency_ms"]["cpu-b4"] > 0 for r in measured)
     assert main(["eval", "--checkpoint", str(tmp_path), "--data", str(digits), "--results", db]) == 2
     assert "no saved SN-Net" in capsys.readouterr().err

@@ -27,7 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--db", default="sqlite:///snnet-results.db", help="database when the service must be deployed")
     p.add_argument("--configs", default=None, help="comma-separated config ids (default: all)")
     p.add_argument("--workers", type=int, default=2, help="Ray evaluation workers (default 2)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument(
+        "--gpu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one GPU per worker (default: when the cluster has GPUs)",
+    )
+    p.add_argument(
+        "--latency",
+        type=int,
+        default=None,
+        metavar="BATCH",
+        help="also measure every config's forward latency at this batch size on one worker and record it",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--loader-workers", type=int, default=2, help="DataLoader processes per worker")
     p.add_argument("--max-shards", type=int, default=None, help="only the first N validation shards")
@@ -51,6 +63,7 @@ def _eval(args: argparse.Namespace) -> int:
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     results = connect_for_job(args.results, db_url=args.db)
     url = results.url
+    use_gpu = args.gpu if args.gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     request = EvalRequest(
         model_dir=model_dir,
         data_root=args.data,
@@ -60,11 +73,18 @@ def _eval(args: argparse.Namespace) -> int:
         config_ids=configs,
         max_shards=args.max_shards,
         num_workers=args.workers,
-        use_gpu=args.gpu,
+        use_gpu=use_gpu,
         batch_size=args.batch_size,
         loader_workers=args.loader_workers,
     )
     table = evaluate_distributed(request, progress=not args.json)
+    if args.latency:
+        from snnet_ray.eval.distributed import measure_latency_on_worker
+
+        device, _ = measure_latency_on_worker(request, batch_size=args.latency)
+        table = results.table(run, args.name)
+        if not args.json:
+            print(f"latency recorded on {device}")
     if args.json:
         json.dump(table.model_dump(mode="json"), sys.stdout, indent=1)
         sys.stdout.write("\n")

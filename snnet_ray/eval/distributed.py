@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EvalRequest", "evaluate_distributed", "pending_shards", "register_configs"]
+__all__ = ["EvalRequest", "evaluate_distributed", "measure_latency_on_worker", "pending_shards", "register_configs"]
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,33 @@ def _evaluate_part_impl(request: EvalRequest, config_ids: list[int], todo: list[
     return samples
 
 
+def measure_latency_on_worker(request: EvalRequest, batch_size: int = 64) -> tuple[str, dict[int, float]]:
+    """Measure every requested config's forward latency on one Ray worker (a GPU with
+    `use_gpu`) and record it in the results service; returns (device name, ms per config)."""
+    import ray
+
+    task = _measure_latency.options(num_cpus=request.cpus_per_worker, num_gpus=1 if request.use_gpu else 0)
+    device, latency = ray.get(task.remote(request, batch_size))
+    from snnet_ray.results import connect
+
+    connect(request.results).put_latency(request.run, device, latency)
+    return device, latency
+
+
+def _measure_latency_impl(request: EvalRequest, batch_size: int) -> tuple[str, dict[int, float]]:
+    import torch
+
+    from snnet_ray.stitching import measure_latency
+    from snnet_ray.stitching.saving import load_snnet
+
+    on_gpu = request.use_gpu and torch.cuda.is_available()
+    model = load_snnet(request.model_dir, device="cuda" if on_gpu else "cpu").eval()
+    ids = request.config_ids if request.config_ids is not None else [c.id for c in model.configs]
+    name = torch.cuda.get_device_name().lower().replace(" ", "-") if on_gpu else "cpu"
+    # The batch is part of the device name: latency at batch 1 and at batch 128 answer different questions.
+    return f"{name}-b{batch_size}", measure_latency(model, ids, batch_size=batch_size)
+
+
 class _LazyRemote:
     """`ray.remote` applied on first use, so importing this module does not import Ray."""
 
@@ -190,3 +217,4 @@ class _LazyRemote:
 
 
 _evaluate_part = _LazyRemote(_evaluate_part_impl)
+_measure_latency = _LazyRemote(_measure_latency_impl)
