@@ -119,3 +119,18 @@ def test_anchors_out_of_order_are_sorted_and_logged(caplog):
     assert [a.stage_widths[0] for a in model.anchors] == [32, 48, 64]
     assert "anchors sorted by size" in caplog.text
     assert model.anchor_order == [2, 1, 0]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["deit3_small_patch16_224", "deit3_base_patch16_224"],  # DeiT III: layer scale, no class-token pooling change
+        ["deit_tiny_distilled_patch16_224", "deit_small_distilled_patch16_224"],  # class + distillation tokens
+    ],
+)
+def test_vit_variants_stitch_and_reproduce_their_anchors(names):
+    model = SNNet.from_timm([(n, dict(depth=2)) for n in names], img_size=32, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for i, adapter in enumerate(model.anchors):
+        assert torch.equal(model.forward_config(x, i), adapter.model(x))
+    assert all(model.forward_config(x, c.id).shape == (2, 10) for c in model.configs)
