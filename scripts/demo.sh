@@ -14,9 +14,20 @@ export PYTHONUNBUFFERED=1
 OUT="$PWD/demo_out"
 DATA="$PWD/data/digits"
 DB="sqlite:///$OUT/results.db"
-RAY_PORT=${DEMO_RAY_PORT:-6389}
-DASHBOARD_PORT=${DEMO_DASHBOARD_PORT:-8275}
-PAGE_PORT=${DEMO_PAGE_PORT:-8090}
+# Free ports from these on: another Ray, Serve or demo on this machine keeps its own.
+free_port() {
+    python - "$1" <<'PY'
+import socket, sys
+for port in range(int(sys.argv[1]), int(sys.argv[1]) + 100):
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)):
+            print(port)
+            break
+PY
+}
+RAY_PORT=$(free_port 6389)
+DASHBOARD_PORT=$(free_port 8275)
+SERVE_PORT=$(free_port 8000)
 RUN=tiny-digits
 mkdir -p "$OUT"
 
@@ -63,6 +74,7 @@ ray job submit --address "http://127.0.0.1:$DASHBOARD_PORT" --working-dir . \
         --set "model.pretrained=$WEIGHTS" \
         --set run.storage_path="$OUT/runs" \
         --set results.db="$DB" \
+        --set results.port="$SERVE_PORT" \
         --set run.name="$RUN"
 
 step "5/5 results"
@@ -71,11 +83,14 @@ trap - EXIT
 snnet-ray results show --db "$DB" --run "$RUN"
 snnet-ray results pareto --db "$DB" --run "$RUN" --png "$OUT/pareto.png"
 
-# The page outlives the Ray head: a standalone results server over the same database.
-if [ -f "$OUT/results.pid" ]; then kill "$(cat "$OUT/results.pid")" 2>/dev/null || true; fi
+# The page outlives the Ray head: a standalone results server over the same database, on the first
+# free port from 8090 (another checkout's demo may hold one).
+if [ -f "$OUT/results.pid" ]; then kill "$(cat "$OUT/results.pid")" 2>/dev/null || true; sleep 0.5; fi
+PAGE_PORT=$(free_port 8090)
 nohup snnet-ray results serve --db "$DB" --host 127.0.0.1 --port "$PAGE_PORT" >"$OUT/results_server.log" 2>&1 &
 echo $! >"$OUT/results.pid"
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PAGE_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PAGE_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+kill -0 "$(cat "$OUT/results.pid")" 2>/dev/null || { tail -5 "$OUT/results_server.log"; exit 1; }
 
 echo
 echo "Pareto plot:   $OUT/pareto.png"

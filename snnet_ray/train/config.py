@@ -175,6 +175,8 @@ class ResultsConfig:
     the cluster's Serve app (deployed over `db` when not running)."""
     db: str = "sqlite:///snnet-results.db"
     token: str | None = None
+    port: int = 8000
+    """HTTP port of Ray Serve's proxy when the job has to start Serve for the results service."""
 
 
 @dataclass

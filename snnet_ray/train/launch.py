@@ -167,7 +167,7 @@ def run_experiment(cfg: ExperimentConfig, *, run: str | None = None, trial: dict
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     run = run or cfg.run.name
     model = validate_experiment(cfg)
-    results = connect_for_job(cfg.results.url, db_url=cfg.results.db, token=cfg.results.token)
+    results = connect_for_job(cfg.results.url, db_url=cfg.results.db, token=cfg.results.token, port=cfg.results.port)
     experiment = cfg.to_dict()
     results.register_run(
         run,
