@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 
 from snnet_ray.results.chart import PALETTE, Series, pair_label, render_chart
 from snnet_ray.results.schema import Comparison, ResultsTable, RunSummary
+from snnet_ray.results.text import gmacs_digits
 
 __all__ = ["compare_page", "index_page", "run_page"]
 
@@ -64,10 +65,11 @@ def run_page(table: ResultsTable, info: RunSummary | None = None, base: str = ""
     done = [r for r in rows if r.top1 is not None]
     best = max(done, key=lambda r: r.top1, default=None)
     costs = [r.gmacs for r in done if r.gmacs is not None]
+    d = gmacs_digits(costs)
     cards = [
         ("configs evaluated", f"{len(done)}" + (f" / {len(rows)}" if len(rows) != len(done) else "")),
         ("best top-1", f"{_pct(best.top1)}" if best else "—", best.label if best else ""),
-        ("GMACs range", f"{min(costs):.2f} – {max(costs):.2f}" if costs else "—"),
+        ("GMACs range", f"{min(costs):.{d}f} – {max(costs):.{d}f}" if costs else "—"),
         ("on the frontier", f"{sum(r.frontier for r in rows)}"),
         ("samples / config", f"{max((r.samples for r in done), default=0):,}"),
     ]
@@ -166,6 +168,7 @@ def _config_table(table: ResultsTable) -> str:
         + '<th title="on the accuracy-vs-GMACs Pareto frontier">frontier</th>'
     )
     best = max((r.top1 for r in table.rows if r.top1 is not None), default=None)
+    digits = gmacs_digits(r.gmacs for r in table.rows)
     body = []
     # Cheapest first, like the chart read left to right; undescribed configs last.
     for r in sorted(table.rows, key=lambda r: (r.gmacs is None, r.gmacs or 0.0, r.config_id)):
@@ -175,7 +178,7 @@ def _config_table(table: ResultsTable) -> str:
             f'<td class="num">{r.config_id}</td>',
             f"<td>{'◆ ' if r.kind == 'anchor' else ''}{escape(r.label)}</td>",
             f"<td>{escape(pair_label(r))}</td>",
-            f'<td class="num">{_num(r.gmacs, 2)}</td>',
+            f'<td class="num">{_num(r.gmacs, digits)}</td>',
             f'<td class="num">{_num(r.params / 1e6 if r.params is not None else None, 2)}</td>',
             f'<td class="num strong">{_pct(r.top1)}</td>',
             f'<td class="num">{_pct(r.top5)}</td>',

@@ -7,7 +7,7 @@ accuracy-vs-GMACs Pareto frontier ★, as on the results page.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from snnet_ray.results.chart import pair_label
 from snnet_ray.results.schema import Comparison, ConfigResult, ResultsTable, RunSummary
@@ -41,21 +41,25 @@ def format_table(table: ResultsTable, sort: str = "gmacs") -> str:
     return "\n".join(lines)
 
 
+def gmacs_digits(values: Iterable[float | None]) -> int:
+    """Decimals that tell configs apart: tiny demo models cost a few MMACs, ImageNet ones GMACs."""
+    largest = max((v for v in values if v is not None), default=1.0)
+    return 2 if largest >= 1 else 3 if largest >= 0.1 else 4
+
+
 def format_rows(rows: Sequence[ConfigResult], devices: Sequence[str] = ()) -> str:
     """Aligned rows: id, config, pair, GMACs, params, top-1, top-5, loss, shards, latency, frontier."""
     header = ["id", "config", "pair", "GMACs", "params(M)", "top-1", "top-5", "loss", "shards"]
     header += [f"{d}(ms)" for d in devices] + [""]
     right = {0, 3, 4, 5, 6, 7, 8, *range(9, 9 + len(devices))}
-    # Tiny demo models cost a few MMACs: show enough digits to tell configs apart.
-    largest = max((r.gmacs for r in rows if r.gmacs is not None), default=1.0)
-    gmacs_digits = 2 if largest >= 1 else 3 if largest >= 0.1 else 4
+    digits = gmacs_digits(r.gmacs for r in rows)
     body = []
     for r in rows:
         body.append([
             str(r.config_id),
             ("◆ " if r.kind == "anchor" else "  ") + r.label,
             pair_label(r),
-            _num(r.gmacs, gmacs_digits),
+            _num(r.gmacs, digits),
             _num(r.params / 1e6 if r.params is not None else None, 2),
             _pct(r.top1),
             _pct(r.top5),

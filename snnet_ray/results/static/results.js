@@ -59,6 +59,9 @@
   if (budget && data) {
     const configs = JSON.parse(data.textContent).filter((c) => c.gmacs !== null && c.top1 !== null);
     const out = document.getElementById("budget-out");
+    // As many decimals as tell configs apart (tiny models cost a few MMACs).
+    const largest = Math.max(...configs.map((c) => c.gmacs), 1e-9);
+    const d = largest >= 1 ? 2 : largest >= 0.1 ? 3 : 4;
     const update = () => {
       const limit = parseFloat(budget.value);
       let best = null;
@@ -69,8 +72,8 @@
         if (fits && (best === null || c.top1 > best.top1)) best = c;
       });
       out.textContent = best
-        ? `≤ ${limit.toFixed(2)} GMACs: best is ${best.name} at ${best.top1.toFixed(2)}% (${best.gmacs.toFixed(2)} GMACs)`
-        : `≤ ${limit.toFixed(2)} GMACs: nothing fits`;
+        ? `≤ ${limit.toFixed(d)} GMACs: best is ${best.name} at ${best.top1.toFixed(2)}% (${best.gmacs.toFixed(d)} GMACs)`
+        : `≤ ${limit.toFixed(d)} GMACs: nothing fits`;
     };
     budget.addEventListener("input", update);
     budget.parentElement.hidden = false;
