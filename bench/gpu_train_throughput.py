@@ -31,8 +31,8 @@ from torch import nn
 
 from snnet_ray import SNNet
 
-sys.path.insert(0, str(Path(__file__).parent))
-from paths import HandWrittenPath
+sys.path.insert(0, str(Path(__file__).parent / "lib"))
+from hand_written import HandWrittenPath
 
 
 def middle_stitch(model: SNNet, front: int, back: int) -> int:

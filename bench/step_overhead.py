@@ -23,8 +23,8 @@ from torch import nn
 
 from snnet_ray import SNNet
 
-sys.path.insert(0, str(Path(__file__).parent))
-from paths import HandWrittenPath
+sys.path.insert(0, str(Path(__file__).parent / "lib"))
+from hand_written import HandWrittenPath
 
 
 def train_step(module: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
