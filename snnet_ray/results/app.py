@@ -20,6 +20,12 @@ one is answered with 422 and a message naming each bad field.
     GET  /api/runs/{run}/export          file                     ?format=parquet|csv&checkpoint=
     GET  /api/compare                    Comparison               ?a=&b=&checkpoint_a=&checkpoint_b=
     GET  /  /runs/{run}  /compare        HTML pages (chart inline, no network needed)
+
+Hostile input is bounded before it costs anything: a request body over `MAX_BODY_BYTES` is refused
+with 413 while it streams in, before any parsing (`BodyLimit`); a batch holds at most `MAX_BATCH`
+records; every name (run, checkpoint, shard, device; in bodies, path and query alike) follows
+`snnet_ray.names`; every number is finite and bounded (`schema.LIMITS`). Every answer, errors
+included, is described in the OpenAPI document (`/openapi.json`): errors are `ErrorBody`.
 """
 
 from __future__ import annotations
@@ -27,35 +33,60 @@ from __future__ import annotations
 import secrets
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
+from snnet_ray.results.body_limit import BodyLimit
 from snnet_ray.results.export import EXPORT_FORMATS
 from snnet_ray.results.local import LocalResults
 from snnet_ray.results.page import compare_page, index_page, run_page
 from snnet_ray.results.schema import (
+    CheckpointName,
     Comparison,
     ConfigInfo,
     ConfigResult,
+    DeviceName,
+    ErrorBody,
     EvalRecord,
     LatencyRecord,
     ResultsAuthError,
     ResultsNotFound,
     ResultsTable,
     RunInfo,
+    RunName,
     RunSummary,
 )
 from snnet_ray.results.store import ResultsStore
 
-__all__ = ["MAX_BATCH", "SERVICE_NAME", "create_app"]
+__all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "SERVICE_NAME", "create_app"]
 
 SERVICE_NAME = "snnet-results"
-MAX_BATCH = 100_000
+# The largest batch: 20,000 records in one request. An eval record of the longest names is under
+# 800 bytes of JSON, so a full batch fits the body limit; `ResultsClient` sends 5,000 at a time.
+MAX_BATCH = 20_000
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+RunPath = Annotated[RunName, PathParam(description="run name (see snnet_ray.names)")]
+CheckpointQuery = Annotated[CheckpointName | None, Query()]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "a request the service cannot answer (the detail says why)"),
+        (404, "no such run, checkpoint, config or device"),
+        (413, f"request body over {MAX_BODY_BYTES} bytes"),
+        (422, "a malformed request: `errors` has one line per bad field"),
+    )
+}
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "no bearer token (the service has one)"},
+    403: {"model": ErrorBody, "description": "a bearer token that is not the service's"},
+}
 STATIC_DIR = Path(__file__).parent / "static"
 # Module level: annotations are strings here, resolved against this module's globals.
 _BEARER = HTTPBearer(auto_error=False)
@@ -68,7 +99,9 @@ def create_app(store: ResultsStore | LocalResults, token: str | None = None) -> 
         title="snnet-ray results",
         description="Per-config SN-Net evaluation results: exact accuracies, Pareto frontiers, budgets.",
         version="1",
+        responses=_ERRORS,
     )
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.state.results = results
     app.state.instance = uuid.uuid4().hex
     _add_error_handlers(app)
@@ -81,24 +114,21 @@ def create_app(store: ResultsStore | LocalResults, token: str | None = None) -> 
 
     # ---- writes ----------------------------------------------------------------------------
 
-    @app.post("/api/runs", dependencies=writer)
+    @app.post("/api/runs", dependencies=writer, responses=_WRITE_ERRORS)
     def register_run(info: RunInfo) -> dict[str, str]:
         results.store.register_run(info)
         return {"run": info.run}
 
-    @app.put("/api/runs/{run}/configs", dependencies=writer)
-    def put_configs(run: str, configs: Annotated[list[ConfigInfo], Body()]) -> dict[str, int]:
-        _check_batch(configs)
+    @app.put("/api/runs/{run}/configs", dependencies=writer, responses=_WRITE_ERRORS)
+    def put_configs(run: RunPath, configs: Annotated[list[ConfigInfo], Body(max_length=MAX_BATCH)]) -> dict[str, int]:
         return {"configs": results.store.put_configs(run, configs)}
 
-    @app.post("/api/evals", dependencies=writer)
-    def ingest(records: Annotated[list[EvalRecord], Body()]) -> dict[str, int]:
-        _check_batch(records)
+    @app.post("/api/evals", dependencies=writer, responses=_WRITE_ERRORS)
+    def ingest(records: Annotated[list[EvalRecord], Body(max_length=MAX_BATCH)]) -> dict[str, int]:
         return {"ingested": results.store.ingest(records)}
 
-    @app.put("/api/latency", dependencies=writer)
-    def put_latency(records: Annotated[list[LatencyRecord], Body()]) -> dict[str, int]:
-        _check_batch(records)
+    @app.put("/api/latency", dependencies=writer, responses=_WRITE_ERRORS)
+    def put_latency(records: Annotated[list[LatencyRecord], Body(max_length=MAX_BATCH)]) -> dict[str, int]:
         return {"latencies": results.store.put_latency(records)}
 
     # ---- reads -----------------------------------------------------------------------------
@@ -108,53 +138,66 @@ def create_app(store: ResultsStore | LocalResults, token: str | None = None) -> 
         return results.runs()
 
     @app.get("/api/runs/{run}")
-    def get_run(run: str) -> RunSummary:
+    def get_run(run: RunPath) -> RunSummary:
         return results.get_run(run)
 
     @app.get("/api/runs/{run}/checkpoints")
-    def checkpoints(run: str) -> list[str]:
+    def checkpoints(run: RunPath) -> list[str]:
         return results.checkpoints(run)
 
     @app.get("/api/runs/{run}/shards")
-    def done_shards(run: str, checkpoint: str) -> dict[str, int]:
+    def done_shards(run: RunPath, checkpoint: Annotated[CheckpointName, Query()]) -> dict[str, int]:
         return results.done_shards(run, checkpoint)
 
     @app.get("/api/runs/{run}/records")
-    def records(run: str, checkpoint: str | None = None) -> list[EvalRecord]:
+    def records(run: RunPath, checkpoint: CheckpointQuery = None) -> list[EvalRecord]:
         return results.records(run, checkpoint)
 
     @app.get("/api/runs/{run}/table")
-    def table(run: str, checkpoint: str | None = None) -> ResultsTable:
+    def table(run: RunPath, checkpoint: CheckpointQuery = None) -> ResultsTable:
         return results.table(run, checkpoint)
 
     @app.get("/api/runs/{run}/pareto")
     def pareto(
-        run: str, checkpoint: str | None = None, by: str = "gmacs", device: str | None = None
+        run: RunPath,
+        checkpoint: CheckpointQuery = None,
+        by: Literal["gmacs", "latency"] = "gmacs",
+        device: Annotated[DeviceName | None, Query()] = None,
     ) -> list[ConfigResult]:
         return results.pareto(run, checkpoint, by, device)
 
     @app.get("/api/runs/{run}/best")
     def best(
-        run: str,
-        max_gmacs: Annotated[float | None, Query(gt=0)] = None,
-        max_latency_ms: Annotated[float | None, Query(gt=0)] = None,
-        device: str | None = None,
-        checkpoint: str | None = None,
+        run: RunPath,
+        max_gmacs: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
+        max_latency_ms: Annotated[float | None, Query(gt=0, allow_inf_nan=False)] = None,
+        device: Annotated[DeviceName | None, Query()] = None,
+        checkpoint: CheckpointQuery = None,
     ) -> ConfigResult:
         return results.best(run, max_gmacs, max_latency_ms, device, checkpoint)
 
-    @app.get("/api/runs/{run}/export")
-    def export(run: str, format: str = "parquet", checkpoint: str | None = None) -> Response:
-        fmt = format.lower()
-        data = results.export_bytes(run, fmt, checkpoint)
+    @app.get(
+        "/api/runs/{run}/export",
+        response_class=Response,
+        responses={200: {"description": "the table as a file",
+                         "content": {mime: {"schema": {"type": "string", "format": "binary"}}
+                                     for mime in EXPORT_FORMATS.values()}}},
+    )
+    def export(
+        run: RunPath, format: Literal["parquet", "csv"] = "parquet", checkpoint: CheckpointQuery = None
+    ) -> Response:
+        data = results.export_bytes(run, format, checkpoint)
         table_ck = checkpoint or results.table(run).checkpoint or "none"
-        filename = f"{_safe_filename(run)}-{_safe_filename(table_ck)}.{fmt}"
-        return Response(data, media_type=EXPORT_FORMATS[fmt],
+        filename = f"{_safe_filename(run)}-{_safe_filename(table_ck)}.{format}"
+        return Response(data, media_type=EXPORT_FORMATS[format],
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
     @app.get("/api/compare")
     def compare(
-        a: str, b: str, checkpoint_a: str | None = None, checkpoint_b: str | None = None
+        a: Annotated[RunName, Query()],
+        b: Annotated[RunName, Query()],
+        checkpoint_a: CheckpointQuery = None,
+        checkpoint_b: CheckpointQuery = None,
     ) -> Comparison:
         return results.compare(a, b, checkpoint_a, checkpoint_b)
 
@@ -165,13 +208,17 @@ def create_app(store: ResultsStore | LocalResults, token: str | None = None) -> 
         return index_page(results.runs(), base=_base(request))
 
     @app.get("/runs/{run}", response_class=HTMLResponse)
-    def run_view(request: Request, run: str, checkpoint: str | None = None) -> str:
+    def run_view(request: Request, run: RunPath, checkpoint: CheckpointQuery = None) -> str:
         table = results.table(run, checkpoint)
         return run_page(table, results.get_run(run), base=_base(request))
 
     @app.get("/compare", response_class=HTMLResponse)
     def compare_view(
-        request: Request, a: str, b: str, checkpoint_a: str | None = None, checkpoint_b: str | None = None
+        request: Request,
+        a: Annotated[RunName, Query()],
+        b: Annotated[RunName, Query()],
+        checkpoint_a: CheckpointQuery = None,
+        checkpoint_b: CheckpointQuery = None,
     ) -> str:
         ta, tb = results.table(a, checkpoint_a), results.table(b, checkpoint_b)
         return compare_page(results.compare(a, b, checkpoint_a, checkpoint_b), ta, tb, base=_base(request))
@@ -224,11 +271,6 @@ def _describe(err: dict[str, Any]) -> str:
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "body"
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     return f"{where}: {msg}"
-
-
-def _check_batch(items: list[Any]) -> None:
-    if len(items) > MAX_BATCH:
-        raise ValueError(f"batch of {len(items)} records is over the limit of {MAX_BATCH}: send it in parts")
 
 
 def _base(request: Request) -> str:

@@ -68,10 +68,10 @@ def render_chart(
     x0, x1, y0, y1 = xticks[0], xticks[-1], yticks[0], yticks[-1]
 
     def sx(v: float) -> float:
-        return left + (v - x0) / (x1 - x0) * w
+        return left + (v - x0) / (x1 - x0) * w if x1 > x0 else left + w / 2
 
     def sy(v: float) -> float:
-        return top + h - (v - y0) / (y1 - y0) * h
+        return top + h - (v - y0) / (y1 - y0) * h if y1 > y0 else top + h / 2
 
     out.append('<g class="grid" stroke="#e5e7eb" stroke-width="1">')
     out += [f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{top + h}"/>' for t in xticks]
@@ -131,24 +131,38 @@ def pair_label(row: ConfigResult) -> str:
 
 
 def nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
-    """Round tick values (1, 2, 2.5 or 5 times a power of ten) that cover [lo, hi]."""
-    if hi <= lo:
-        hi = lo + 1.0
+    """Round tick values (1, 2, 2.5 or 5 times a power of ten) that cover [lo, hi].
+
+    Terminates for any finite input, in at most `4 * target` ticks: a range narrower than the
+    floats can resolve around its values (5e18 and 5.000000000000001e18) is widened first, and the
+    ticks are counted, not accumulated until they pass `hi`.
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"axis range must be finite, got [{lo}, {hi}]")
+    lo, hi = min(lo, hi), max(lo, hi)
+    # Below ~1e-9 of the values' magnitude, steps would vanish in the floats' spacing.
+    floor = max(abs(lo), abs(hi), 1e-300) * 1e-9
+    if hi - lo < floor:
+        mid = lo / 2 + hi / 2
+        half = max(abs(mid) * 0.05, 0.5) if abs(mid) > 0 else 0.5
+        lo, hi = mid - half, mid + half
     raw = (hi - lo) / max(1, target - 1)
+    if not math.isfinite(raw) or raw <= 0:  # hi - lo overflowed (e.g. -1e308 .. 1e308)
+        return [lo, hi]
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    start = math.floor(lo / step + 1e-9) * step
-    ticks = []
-    value = start
-    while value < hi - 1e-9 * step:
-        ticks.append(round(value, 10))
-        value += step
-    ticks.append(round(value, 10))
-    return ticks
+    first = math.floor(lo / step + 1e-9)
+    count = math.ceil(hi / step - 1e-9) - first
+    if not 1 <= count <= 4 * target:
+        return [lo, hi]
+    ticks = [round((first + i) * step, 10) if abs(step) >= 1e-10 else (first + i) * step for i in range(count + 1)]
+    return ticks if all(b > a for a, b in zip(ticks, ticks[1:])) else [lo, hi]
 
 
 def _padded(lo: float, hi: float) -> tuple[float, float]:
     span = hi - lo if hi > lo else max(abs(hi), 1.0)
+    if not math.isfinite(span) or not math.isfinite(lo - span) or not math.isfinite(hi + span):
+        return lo, hi
     return lo - 0.04 * span, hi + 0.04 * span
 
 

@@ -3,14 +3,13 @@
 `ResultsClient` has the methods of `LocalResults` and returns the same types, so evaluation
 workers, Tune trials and the command line write `results = connect(...)` and do not care whether
 the results live behind Ray Serve, a standalone uvicorn server or a local SQLite file. Requests
-are retried with exponential backoff on connection errors and 5xx/429 answers; every write is an
-idempotent upsert, so a retry can never count a record twice.
+are retried (`retry.py`: exponential backoff with jitter) on connection errors and 5xx/429
+answers; every write is an idempotent upsert, so a retry can never count a record twice.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import httpx
 
 from snnet_ray.results.export import format_from_path
 from snnet_ray.results.local import LocalResults, _latency, _run_info, _write
+from snnet_ray.results.retry import retry
 from snnet_ray.results.schema import (
     Comparison,
     ConfigInfo,
@@ -169,22 +169,30 @@ class ResultsClient:
         return self._request("GET", path, params=_params(**params)).json()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            try:
-                response = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as err:
-                if last:
-                    raise ConnectionError(
-                        f"cannot reach the results service at {self.url} ({err.__class__.__name__}: {err}); "
-                        "is it running? (`snnet-ray results serve`, or ensure_results_service on Ray)"
-                    ) from err
-            else:
-                if (response.status_code not in _RETRY_STATUS and response.status_code < 500) or last:
-                    _raise_for_status(response, self.url)
-                    return response
-            time.sleep(self.backoff * 2**attempt)
-        raise AssertionError("unreachable")
+        def once() -> httpx.Response:
+            response = self._http.request(method, path, **kwargs)
+            if response.status_code in _RETRY_STATUS or response.status_code >= 500:
+                raise _Retryable(response)
+            return response
+
+        try:
+            response = retry(once, on=(httpx.TransportError, _Retryable), attempts=self.retries + 1,
+                             backoff=self.backoff, max_delay=30.0)
+        except httpx.TransportError as err:
+            raise ConnectionError(
+                f"cannot reach the results service at {self.url} ({err.__class__.__name__}: {err}); "
+                "is it running? (`snnet-ray results serve`, or ensure_results_service on Ray)"
+            ) from err
+        except _Retryable as err:
+            response = err.response
+        _raise_for_status(response, self.url)
+        return response
+
+
+class _Retryable(Exception):  # noqa: N818 - carries the last answer, not an error of ours
+    def __init__(self, response: httpx.Response):
+        super().__init__(response.status_code)
+        self.response = response
 
 
 def connect(

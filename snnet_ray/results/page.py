@@ -243,7 +243,10 @@ def _status(status: str | None) -> str:
 
 
 def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "—"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "—"
+    except (OverflowError, OSError, ValueError):  # a row stored before timestamps were bounded
+        return "—"
 
 
 def _pct(value: float | None) -> str:

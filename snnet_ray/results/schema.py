@@ -12,18 +12,32 @@ caller gets the same objects from `LocalResults` and from `ResultsClient`.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from snnet_ray.names import MAX_LABEL, MAX_NAME, NAME_PATTERN, check_label, check_name
+from snnet_ray.results.redact import redact
 
 __all__ = [
+    "LIMITS",
     "CheckpointInfo",
     "ComparedConfig",
     "Comparison",
     "ConfigInfo",
     "ConfigResult",
+    "ErrorBody",
     "EvalRecord",
     "FrontierSummary",
     "LatencyRecord",
@@ -35,12 +49,64 @@ __all__ = [
     "checkpoint_step",
 ]
 
-# Names end up in URL paths (/runs/{run}) and file names: no slashes, no control characters.
-_NAME_RE = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,200}$")
 _STEP_RE = re.compile(r"(\d+)(?!.*\d)")
 
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-Count = Annotated[int, Field(ge=0)]
+# Bounds of every stored number. Counts fit a 32-bit column on PostgreSQL, and a config's summed
+# samples stay below 2**53 (exact as a float; the store refuses the record that would pass it), so
+# no sum can overflow SQLite's 64-bit integers. Timestamps lie between 1970 and 2100, which every
+# platform's `localtime` can format.
+MAX_COUNT = 2**31 - 1
+MAX_TOTAL_SAMPLES = 2**53
+MAX_CONFIG_ID = 1_000_000
+MAX_GMACS = 1e9
+MAX_PARAMS = 10**13
+MAX_LATENCY_MS = 1e9
+MAX_LOSS_SUM = 1e15
+MAX_TIME = 4_102_444_800.0  # 2100-01-01
+MAX_JSON_BYTES = 64 * 1024  # experiment config or hyperparameters of one run
+MAX_JSON_DEPTH = 16
+MAX_JSON_INT = 2**53
+LIMITS = {
+    "count": MAX_COUNT,
+    "total_samples_per_config": MAX_TOTAL_SAMPLES,
+    "config_id": MAX_CONFIG_ID,
+    "gmacs": MAX_GMACS,
+    "params": MAX_PARAMS,
+    "latency_ms": MAX_LATENCY_MS,
+    "loss_sum": MAX_LOSS_SUM,
+    "time": MAX_TIME,
+    "json_bytes": MAX_JSON_BYTES,
+    "json_depth": MAX_JSON_DEPTH,
+    "name": MAX_NAME,
+}
+
+
+def _no_bool(value: Any) -> Any:
+    # JSON true is not the number 1: `"config_id": true` is a mistake, not config 1.
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+def _named(what: str) -> Any:
+    return AfterValidator(lambda v: check_name(v, what))
+
+
+def _labelled(what: str, max_length: int = MAX_LABEL) -> Any:
+    return AfterValidator(lambda v: check_label(v, what, max_length))
+
+
+_NAME_DOC = {"pattern": NAME_PATTERN}
+RunName = Annotated[str, Field(min_length=1, max_length=MAX_NAME, json_schema_extra=_NAME_DOC), _named("run")]
+CheckpointName = Annotated[
+    str, Field(min_length=1, max_length=MAX_NAME, json_schema_extra=_NAME_DOC), _named("checkpoint")
+]
+ShardName = Annotated[str, Field(min_length=1, max_length=MAX_NAME, json_schema_extra=_NAME_DOC), _named("shard")]
+DeviceName = Annotated[str, Field(min_length=1, max_length=MAX_NAME, json_schema_extra=_NAME_DOC), _named("device")]
+ConfigId = Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=MAX_CONFIG_ID)]
+Count = Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=MAX_COUNT)]
+Timestamp = Annotated[float, Field(ge=0, le=MAX_TIME, allow_inf_nan=False, description="epoch seconds")]
+Status = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z_-]{0,31}$", description="running, finished, failed, ...")]
 
 
 class ResultsNotFound(ValueError):
@@ -51,12 +117,38 @@ class ResultsAuthError(ValueError):
     """A write without the service's bearer token (HTTP 401/403)."""
 
 
-def _check_name(value: str, what: str) -> str:
-    if not _NAME_RE.match(value):
-        raise ValueError(
-            f"{what} {value!r} is not a valid name: use 1-200 printable characters without '/' or '\\'"
-        )
-    return value
+def _check_json(value: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
+    """A bounded JSON object: finite numbers, integers within 2**53, limited depth and size."""
+    if value is None:
+        return None
+
+    def walk(node: Any, depth: int, where: str) -> None:
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels at {where or 'the top'}")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    raise ValueError(f"{what} has a non-string key {k!r} at {where or 'the top'}")
+                walk(v, depth + 1, f"{where}.{k}" if where else k)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, depth + 1, f"{where}[{i}]")
+        elif isinstance(node, bool) or node is None or isinstance(node, str):
+            return
+        elif isinstance(node, int):
+            if abs(node) > MAX_JSON_INT:
+                raise ValueError(f"{what}.{where} = {node} is beyond +-2**53; send it as a string")
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise ValueError(f"{what}.{where} is {node}; numbers must be finite (send null or a string)")
+        else:
+            raise ValueError(f"{what}.{where} is a {type(node).__name__}, not a JSON value")
+
+    walk(value, 0, "")
+    size = len(json.dumps(value, allow_nan=False))
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{what} is {size} bytes of JSON; at most {MAX_JSON_BYTES} are stored per run")
+    return redact(value)
 
 
 class _Model(BaseModel):
@@ -66,26 +158,23 @@ class _Model(BaseModel):
 class EvalRecord(_Model):
     """Partial counts of one config on one validation shard of one checkpoint."""
 
-    run: Name
-    checkpoint: Name = Field(description='"step-000200", "final", ...')
-    config_id: Count
-    shard: Name = Field(description="validation shard name, e.g. val-000003.tar")
+    run: RunName
+    checkpoint: CheckpointName = Field(description='"step-000200", "final", ...')
+    config_id: ConfigId
+    shard: ShardName = Field(description="validation shard name, e.g. val-000003.tar")
     samples: Count
     top1_correct: Count
     top5_correct: Count
-    loss_sum: float | None = Field(default=None, description="sum of per-sample losses; null if not finite")
-    worker: str | None = Field(default=None, max_length=200)
-    time: float | None = Field(default=None, description="when the worker measured it (epoch seconds)")
+    loss_sum: float | None = Field(
+        default=None, ge=-MAX_LOSS_SUM, le=MAX_LOSS_SUM, description="sum of per-sample losses; null if not finite"
+    )
+    worker: Annotated[str, Field(max_length=MAX_LABEL), _labelled("worker")] | None = None
+    time: Timestamp | None = Field(default=None, description="when the worker measured it (epoch seconds)")
 
-    @field_validator("run", "checkpoint", "shard")
+    @field_validator("loss_sum", mode="before")
     @classmethod
-    def _names(cls, value: str, info: Any) -> str:
-        return _check_name(value, info.field_name)
-
-    @field_validator("loss_sum")
-    @classmethod
-    def _finite_loss(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
+    def _finite_loss(cls, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"loss_sum must be finite (got {value}); send null when the loss diverged")
         return value
 
@@ -106,37 +195,53 @@ class EvalRecord(_Model):
 class ConfigInfo(_Model):
     """What a config is and what it costs (per run: runs may use different anchor families)."""
 
-    config_id: Count
-    name: str = Field(default="", max_length=200, description='e.g. "0-1:3,4" or "deit_small"')
+    config_id: ConfigId
+    name: Annotated[str, Field(max_length=MAX_LABEL), _labelled("config name")] = Field(
+        default="", description='e.g. "0-1:3,4" or "deit_small"'
+    )
     kind: Literal["anchor", "stitch"] = "stitch"
-    anchors: list[int | str] = Field(default_factory=list, description="anchor indices or names it runs")
-    gmacs: float | None = Field(default=None, ge=0, description="multiply-adds (G) at the input size")
-    params: int | None = Field(default=None, ge=0)
+    anchors: list[
+        Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=1000)]
+        | Annotated[str, Field(max_length=MAX_LABEL), _labelled("anchor")]
+    ] = Field(default_factory=list, max_length=16, description="anchor indices or names it runs")
+    gmacs: float | None = Field(
+        default=None, ge=0, le=MAX_GMACS, allow_inf_nan=False, description="multiply-adds (G) at the input size"
+    )
+    params: Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=MAX_PARAMS)] | None = None
 
 
 class LatencyRecord(_Model):
     """Measured latency of one config on one device."""
 
-    run: Name
-    config_id: Count
-    device: Name = Field(description='e.g. "h200-bf16-b128" or "cpu"')
-    latency_ms: float = Field(gt=0, allow_inf_nan=False)
+    run: RunName
+    config_id: ConfigId
+    device: DeviceName = Field(description='e.g. "h200-bf16-b128" or "cpu"')
+    latency_ms: float = Field(gt=0, le=MAX_LATENCY_MS, allow_inf_nan=False)
 
 
 class RunInfo(_Model):
     """A training run or Tune trial: its experiment config and hyperparameters."""
 
-    run: Name
-    experiment: dict[str, Any] | None = None
-    trial_id: str | None = Field(default=None, max_length=200)
+    run: RunName
+    experiment: dict[str, Any] | None = Field(
+        default=None, description="the experiment config; secrets are redacted before it is stored"
+    )
+    trial_id: Annotated[str, Field(max_length=MAX_LABEL), _labelled("trial_id")] | None = None
     hyperparameters: dict[str, Any] | None = None
-    status: str | None = Field(default=None, max_length=64, description="running, finished, failed, ...")
-    created: float | None = None
+    status: Status | None = None
+    created: Timestamp | None = None
 
-    @field_validator("run")
+    @field_validator("experiment", "hyperparameters")
     @classmethod
-    def _name(cls, value: str) -> str:
-        return _check_name(value, "run")
+    def _bounded_json(cls, value: dict[str, Any] | None, info: Any) -> dict[str, Any] | None:
+        return _check_json(value, info.field_name)
+
+
+class ErrorBody(_Model):
+    """Every 4xx/5xx answer of the service: a message, and for 422 one line per bad field."""
+
+    detail: str
+    errors: list[str] | None = None
 
 
 class CheckpointInfo(_Model):

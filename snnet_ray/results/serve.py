@@ -11,13 +11,13 @@ and use a database every replica can reach (PostgreSQL, or SQLite on the head no
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import httpx
 from ray import serve
 
 from snnet_ray.results.app import SERVICE_NAME, create_app
+from snnet_ray.results.retry import NotYet, retry
 from snnet_ray.results.store import DEFAULT_DB_URL, ResultsStore, normalize_db_url
 
 __all__ = [
@@ -107,8 +107,8 @@ def connect_for_job(
 def find_results_service(name: str = SERVICE_NAME, timeout_s: float = 60.0) -> str | None:
     """URL of the running results application `name`, or None when there is none."""
     _require_ray()
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def running() -> str | None:
         details = _serve_details()
         app = details.applications.get(name) if details else None
         if app is None:
@@ -116,9 +116,14 @@ def find_results_service(name: str = SERVICE_NAME, timeout_s: float = 60.0) -> s
         status = str(getattr(app.status, "value", app.status))
         if status == "RUNNING":
             return _app_url(details, app.route_prefix or f"/{name}")
-        if status not in ("DEPLOYING", "NOT_STARTED") or time.monotonic() > deadline:
-            return None
-        time.sleep(0.5)
+        if status in ("DEPLOYING", "NOT_STARTED"):
+            raise NotYet(status)
+        return None
+
+    try:
+        return retry(running, timeout_s=timeout_s, backoff=0.5, factor=1.0)
+    except NotYet:
+        return None
 
 
 def shutdown_results_service(name: str = SERVICE_NAME) -> None:
@@ -164,13 +169,11 @@ def _app_url(details: Any, route_prefix: str) -> str:
 
 
 def _wait_healthy(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5.0).status_code == 200:
-                return
-        except httpx.TransportError as err:
-            error = err
-        time.sleep(0.25)
-    raise ConnectionError(f"results service at {url} gave no /healthz answer in {timeout_s:.0f}s: {error}")
+    def healthy() -> None:
+        if httpx.get(f"{url}/healthz", timeout=5.0).status_code != 200:
+            raise NotYet("not healthy yet")
+
+    try:
+        retry(healthy, on=(NotYet, httpx.TransportError), timeout_s=timeout_s, backoff=0.25, factor=1.0)
+    except (NotYet, httpx.TransportError) as err:
+        raise ConnectionError(f"results service at {url} gave no /healthz answer in {timeout_s:.0f}s: {err}") from None

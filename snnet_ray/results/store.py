@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     Engine,
     Float,
@@ -41,10 +42,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 
 from snnet_ray.results.pareto import pareto_front
+from snnet_ray.results.redact import redact
+from snnet_ray.results.retry import retry
 from snnet_ray.results.schema import (
     CheckpointInfo,
     ConfigInfo,
     ConfigResult,
+    MAX_TOTAL_SAMPLES,
     EvalRecord,
     LatencyRecord,
     ResultsNotFound,
@@ -82,7 +86,7 @@ configs_table = Table(
     Column("kind", String(16)),
     Column("anchors", JSON(none_as_null=True)),
     Column("gmacs", Float),
-    Column("params", Integer),
+    Column("params", BigInteger),
 )
 
 evals_table = Table(
@@ -171,6 +175,9 @@ class ResultsStore:
         with self._writer.begin() as conn:
             self._ensure_runs(conn, sorted({r["run"] for r in rows}))
             _upsert(conn, evals_table, rows, ("run", "checkpoint", "config_id", "shard"))
+            # Inside the transaction: a batch that would take a config's summed samples past the
+            # bound is rolled back whole, so every stored sum stays exact and in range.
+            self._check_totals(conn, {(r["run"], r["checkpoint"], r["config_id"]) for r in rows})
         return len(rows)
 
     def put_latency(self, records: Iterable[LatencyRecord]) -> int:
@@ -195,7 +202,11 @@ class ResultsStore:
             summaries = []
             for info in infos:
                 cks = checkpoints.get(info["run"], [])
-                summary = RunSummary(**{k: info[k] for k in RunSummary.model_fields if k in info})
+                fields = {k: info[k] for k in RunSummary.model_fields if k in info}
+                # Rows written before secrets were redacted on the way in are redacted on the way out.
+                fields["experiment"] = redact(fields.get("experiment"))
+                fields["hyperparameters"] = redact(fields.get("hyperparameters"))
+                summary = RunSummary(**fields)
                 summary.checkpoints = cks
                 if cks:
                     summary.latest = cks[-1].checkpoint
@@ -259,6 +270,22 @@ class ResultsStore:
             return [EvalRecord.model_validate(dict(m)) for m in conn.execute(query).mappings()]
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def _check_totals(self, conn: Any, keys: set[tuple[str, str, int]]) -> None:
+        e = evals_table.c
+        for run, checkpoint in sorted({(r, ck) for r, ck, _ in keys}):
+            ids = sorted(c for r, ck, c in keys if (r, ck) == (run, checkpoint))
+            query = (
+                select(e.config_id, func.sum(e.samples))
+                .where(e.run == run, e.checkpoint == checkpoint, e.config_id.in_(ids))
+                .group_by(e.config_id)
+            )
+            for config_id, total in conn.execute(query):
+                if total is not None and int(total) > MAX_TOTAL_SAMPLES:
+                    raise ValueError(
+                        f"config {config_id} of run {run!r} at {checkpoint!r} would sum {int(total)} samples, "
+                        f"over the limit of {MAX_TOTAL_SAMPLES}; the batch was not stored"
+                    )
 
     def _aggregate(self, conn: Any, run: str, checkpoint: str | None) -> list[ConfigResult]:
         e, c, lt = evals_table.c, configs_table.c, latency_table.c
@@ -407,17 +434,13 @@ def _create_tables(writer: Engine) -> None:
     # Many workers may open a fresh database at once; CREATE TABLE is not safe to race (PostgreSQL
     # fails on its catalog's unique index), so creation holds a lock: SQLite's write lock
     # (BEGIN IMMEDIATE) or a PostgreSQL advisory lock.
-    for attempt in range(5):
-        try:
-            with writer.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-                metadata.create_all(conn)
-            return
-        except DBAPIError:
-            if attempt == 4:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+    def create() -> None:
+        with writer.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+            metadata.create_all(conn)
+
+    retry(create, on=DBAPIError, attempts=5, backoff=0.2)
 
 
 def _insert(conn: Any, table: Table) -> Any:

@@ -80,7 +80,7 @@ def format_runs(runs: Sequence[RunSummary]) -> str:
             r.run,
             r.status or "",
             r.trial_id or "",
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)) if r.created else "",
+            _when(r.created),
             r.latest or "—",
             str(len(r.checkpoints)),
             str(r.configs),
@@ -90,6 +90,13 @@ def format_runs(runs: Sequence[RunSummary]) -> str:
         for r in runs
     ]
     return _grid(header, body, right={5, 6, 7})
+
+
+def _when(ts: float | None) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else ""
+    except (OverflowError, OSError, ValueError):
+        return ""
 
 
 def _hyperparameters(params: dict | None) -> str:
@@ -125,6 +132,9 @@ def format_comparison(cmp: Comparison) -> str:
 
 
 def _grid(header: list[str], body: list[list[str]], right: set[int]) -> str:
+    # Nothing stored reaches the terminal as an escape sequence or a line break.
+    header = [_printable(c) for c in header]
+    body = [[_printable(c) for c in row] for row in body]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -133,6 +143,12 @@ def _grid(header: list[str], body: list[list[str]], right: set[int]) -> str:
 
     rule = "  ".join("─" * w for w in widths)
     return "\n".join([line(header).rstrip(), rule.rstrip(), *(line(r).rstrip() for r in body)])
+
+
+def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _pct(value: float | None) -> str:
