@@ -83,6 +83,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (422, "a malformed request: `errors` has one line per bad field"),
     )
 }
+# Pages answer errors in JSON too: documented as such, not under the page's text/html.
+_PAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": r["description"],
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for code, r in _ERRORS.items()
+}
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "no bearer token (the service has one)"},
     403: {"model": ErrorBody, "description": "a bearer token that is not the service's"},
@@ -203,16 +209,16 @@ def create_app(store: ResultsStore | LocalResults, token: str | None = None) -> 
 
     # ---- pages -----------------------------------------------------------------------------
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, responses=_PAGE_ERRORS)
     def index(request: Request) -> str:
         return index_page(results.runs(), base=_base(request))
 
-    @app.get("/runs/{run}", response_class=HTMLResponse)
+    @app.get("/runs/{run}", response_class=HTMLResponse, responses=_PAGE_ERRORS)
     def run_view(request: Request, run: RunPath, checkpoint: CheckpointQuery = None) -> str:
         table = results.table(run, checkpoint)
         return run_page(table, results.get_run(run), base=_base(request))
 
-    @app.get("/compare", response_class=HTMLResponse)
+    @app.get("/compare", response_class=HTMLResponse, responses=_PAGE_ERRORS)
     def compare_view(
         request: Request,
         a: Annotated[RunName, Query()],

@@ -9,6 +9,7 @@ script and no network, so the page works offline; every mark carries `data-confi
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -156,7 +157,7 @@ def nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
     if not 1 <= count <= 4 * target:
         return [lo, hi]
     ticks = [round((first + i) * step, 10) if abs(step) >= 1e-10 else (first + i) * step for i in range(count + 1)]
-    return ticks if all(b > a for a, b in zip(ticks, ticks[1:])) else [lo, hi]
+    return ticks if all(b > a for a, b in itertools.pairwise(ticks)) else [lo, hi]
 
 
 def _padded(lo: float, hi: float) -> tuple[float, float]:

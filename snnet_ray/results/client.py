@@ -189,7 +189,7 @@ class ResultsClient:
         return response
 
 
-class _Retryable(Exception):  # noqa: N818 - carries the last answer, not an error of ours
+class _Retryable(Exception):
     def __init__(self, response: httpx.Response):
         super().__init__(response.status_code)
         self.response = response

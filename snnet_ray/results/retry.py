@@ -23,7 +23,7 @@ __all__ = ["NotYet", "retry"]
 T = TypeVar("T")
 
 
-class NotYet(Exception):  # noqa: N818 - a condition, not an error
+class NotYet(Exception):
     """Raised by a polled call whose condition does not hold yet (retry it)."""
 
 

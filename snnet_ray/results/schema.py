@@ -103,8 +103,8 @@ CheckpointName = Annotated[
 ]
 ShardName = Annotated[str, Field(min_length=1, max_length=MAX_NAME, json_schema_extra=_NAME_DOC), _named("shard")]
 DeviceName = Annotated[str, Field(min_length=1, max_length=MAX_NAME, json_schema_extra=_NAME_DOC), _named("device")]
-ConfigId = Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=MAX_CONFIG_ID)]
-Count = Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=MAX_COUNT)]
+ConfigId = Annotated[int, Field(ge=0, le=MAX_CONFIG_ID), BeforeValidator(_no_bool)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT), BeforeValidator(_no_bool)]
 Timestamp = Annotated[float, Field(ge=0, le=MAX_TIME, allow_inf_nan=False, description="epoch seconds")]
 Status = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z_-]{0,31}$", description="running, finished, failed, ...")]
 
@@ -201,13 +201,13 @@ class ConfigInfo(_Model):
     )
     kind: Literal["anchor", "stitch"] = "stitch"
     anchors: list[
-        Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=1000)]
+        Annotated[int, Field(ge=0, le=1000), BeforeValidator(_no_bool)]
         | Annotated[str, Field(max_length=MAX_LABEL), _labelled("anchor")]
     ] = Field(default_factory=list, max_length=16, description="anchor indices or names it runs")
     gmacs: float | None = Field(
         default=None, ge=0, le=MAX_GMACS, allow_inf_nan=False, description="multiply-adds (G) at the input size"
     )
-    params: Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=MAX_PARAMS)] | None = None
+    params: Annotated[int, Field(ge=0, le=MAX_PARAMS), BeforeValidator(_no_bool)] | None = None
 
 
 class LatencyRecord(_Model):

@@ -45,10 +45,10 @@ from snnet_ray.results.pareto import pareto_front
 from snnet_ray.results.redact import redact
 from snnet_ray.results.retry import retry
 from snnet_ray.results.schema import (
+    MAX_TOTAL_SAMPLES,
     CheckpointInfo,
     ConfigInfo,
     ConfigResult,
-    MAX_TOTAL_SAMPLES,
     EvalRecord,
     LatencyRecord,
     ResultsNotFound,
