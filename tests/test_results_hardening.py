@@ -88,7 +88,8 @@ def test_redact_covers_urls_keys_and_query_arguments():
             "url": "https://h/x?sig=abc&keep=1", "token": None, "plain": "postgresql://u@h/x"}
     out = redact(tree)
     assert out == {"db": f"postgresql://u:{REDACTED}@h/x", "Password": REDACTED,
-                   "nested": [{"refresh_token": REDACTED}], "url": f"https://h/x?sig={REDACTED}&keep=1", "token": None, "plain": "postgresql://u@h/x"}
+                   "nested": [{"refresh_token": REDACTED}], "url": f"https://h/x?sig={REDACTED}&keep=1",
+                   "token": None, "plain": "postgresql://u@h/x"}
 
 
 @pytest.mark.parametrize("record, message", [
