@@ -5,6 +5,10 @@ ImageNet is timm's class order); other splits must use the same folders or a sub
 Keys are the file stems with anything but letters, digits, '_' and '-' replaced by '_'
 (`n01440764_10026`, `ILSVRC2012_val_00000001`), made unique within a split by prefixing the class
 folder (and a counter, if need be) where two stems collide.
+
+Symbolic links are followed, but every folder is walked once, by its real path: a link back up
+the tree (a loop) or a second link to a folder already walked is skipped with a warning, so no
+image is listed twice and the walk ends.
 """
 
 from __future__ import annotations
@@ -98,9 +102,17 @@ def _class_dirs(split_dir: str) -> list[str]:
 def _split_records(split_dir: str, classes: list[str], index: dict[str, int]) -> list[ImageRecord]:
     found: list[tuple[str, str, int]] = []  # (class, path relative to the class folder, size)
     ignored = []
+    walked: set[str] = set()  # real paths of the folders walked in this split
     for cls in classes:
         cls_dir = os.path.join(split_dir, cls)
         for root, dirs, files in os.walk(cls_dir, followlinks=True):
+            real = os.path.realpath(root)
+            if real in walked:
+                _logger.warning("%s: skipped, it leads to %s, which was already walked (a symlink loop or a "
+                                "second link to one folder)", root, real)
+                dirs[:] = []
+                continue
+            walked.add(real)
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for f in sorted(files):
                 if f.startswith("."):

@@ -10,18 +10,25 @@ The layout is timm's webdataset reader schema (`timm/data/readers/reader_wds.py`
 
 Sample counts known in advance are what lets every rank run the same number of training steps
 (`with_epoch`) and lets validation check that it read every sample exactly once.
+
+`_info.json` is input like any other: a shard file name is a relative path whose parts follow
+`snnet_ray.names` (no `..`, no absolute path, no shell metacharacter), so it can neither point
+outside its root nor run a command under a `pipe:` root; there each name is also shell-quoted.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from snnet_ray.names import is_name
+
 from .storage import is_local, join_url, local_path, open_url
 
-__all__ = ["INFO_NAME", "DatasetInfo", "SplitInfo", "read_info", "write_info"]
+__all__ = ["INFO_NAME", "DatasetInfo", "SplitInfo", "check_shard_name", "read_info", "shard_url", "write_info"]
 
 INFO_NAME = "_info.json"
 
@@ -66,7 +73,7 @@ class DatasetInfo:
 
     def urls(self, split: str) -> list[str]:
         """Full URLs of the split's shards, in `_info.json` order."""
-        return [join_url(self.root, f) for f in self.split(split).filenames]
+        return [shard_url(self.root, f) for f in self.split(split).filenames]
 
     def to_json(self) -> dict[str, Any]:
         splits = {
@@ -104,15 +111,21 @@ def read_info(root_or_url: str) -> DatasetInfo:
         splits = {
             name: SplitInfo(
                 name=name,
-                filenames=tuple(s["filenames"]),
-                shard_lengths=tuple(int(n) for n in s["shard_lengths"]),
+                filenames=tuple(check_shard_name(f, f"{url}: splits.{name}.filenames") for f in s["filenames"]),
+                shard_lengths=tuple(_count(n, f"{url}: splits.{name}.shard_lengths") for n in s["shard_lengths"]),
             )
             for name, s in data["splits"].items()
         }
         class_names = tuple(data.get("class_names", ()))
-        num_classes = int(data.get("num_classes", len(class_names)))
-    except (KeyError, TypeError, ValueError) as err:
+        num_classes = _count(data.get("num_classes", len(class_names)), f"{url}: num_classes")
+    except (KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"{url} is not a shard index (missing or bad field: {err})") from err
+    for split in splits.values():
+        if len(split.filenames) != len(split.shard_lengths):
+            raise ValueError(
+                f"{url}: split '{split.name}' lists {len(split.filenames)} filenames but "
+                f"{len(split.shard_lengths)} shard_lengths; write the shards again"
+            )
     known = {"name", "num_classes", "class_names", "splits"}
     extra = {k: v for k, v in data.items() if k not in known}
     return DatasetInfo(
@@ -123,6 +136,32 @@ def read_info(root_or_url: str) -> DatasetInfo:
         class_names=class_names,
         extra=extra,
     )
+
+
+def check_shard_name(name: object, where: str = "shard") -> str:
+    """A shard file name from `_info.json`: a relative path whose parts follow the name rule."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if not parts or not all(is_name(p) for p in parts):
+        raise ValueError(
+            f"{where}: {name!r} is not a shard file name; names are relative to the shards root, their parts "
+            "letters, digits and _ . , : = + @ - (no '..', no leading '/', no spaces or shell characters)"
+        )
+    return name  # type: ignore[return-value]
+
+
+def shard_url(root: str, name: str) -> str:
+    """The URL of shard `name` under `root`; under a `pipe:` command root the name is shell-quoted."""
+    check_shard_name(name)
+    if root.startswith("pipe:"):
+        # The name is appended to the command's last word: quote it as a word of its own.
+        return root.rstrip("/") + "/" + shlex.quote(name)
+    return join_url(root, name)
+
+
+def _count(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**40:
+        raise ValueError(f"{where} must be a whole number of samples/classes, got {value!r}")
+    return value
 
 
 def write_info(info: DatasetInfo) -> str:

@@ -14,6 +14,11 @@ workers - shard i goes to rank i mod world_size, and within a rank to one DataLo
 no resampling and no padding, so ranks may see different counts and evaluation sums them. Batches
 never mix shards and say which shard they hold and whether it is the shard's last batch, so
 evaluation can record counts per shard and resume by skipping shards already recorded.
+
+Labels are checked against `num_classes` of `_info.json` as samples are read: a label outside
+[0, num_classes) would index past the classifier (a device-side assert on GPU, far from its cause).
+Training skips and counts such a sample, naming shard and key; validation stops with
+`CorruptShardError` naming them, since its accuracies must be exact.
 """
 
 from __future__ import annotations
@@ -126,7 +131,8 @@ def build_val_loader(
     urls = [url_of[n] for n in mine]
     _check_shards_exist(urls)
     lengths = {u: split.length_of(n) for u, n in zip(urls, mine)}
-    return ValLoader(_ValDataset(cfg, urls, lengths), [split.length_of(n) for n in mine], mine)
+    dataset = _ValDataset(cfg, urls, lengths, info.num_classes)
+    return ValLoader(dataset, [split.length_of(n) for n in mine], mine)
 
 
 class TrainLoader:
@@ -240,7 +246,7 @@ class _TrainDataset(IterableDataset):
             return iter(())
         pipeline = wds.DataPipeline(
             partial(_endless_shards, self.urls, cfg.seed, self.epoch, index, count),
-            partial(_read_train_samples, lengths=self.lengths, skips=self.skips),
+            partial(_read_train_samples, lengths=self.lengths, skips=self.skips, num_classes=self.num_classes),
             wds.shuffle(
                 cfg.shuffle_buffer,
                 cfg.shuffle_initial,
@@ -254,17 +260,18 @@ class _TrainDataset(IterableDataset):
 
 
 class _ValDataset(IterableDataset):
-    def __init__(self, cfg: DataConfig, urls: list[str], lengths: dict[str, int]) -> None:
+    def __init__(self, cfg: DataConfig, urls: list[str], lengths: dict[str, int], num_classes: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.urls = urls
         self.lengths = lengths
+        self.num_classes = num_classes
         self.transform = build_val_transform(cfg)  # in the parent: workers inherit timm imported
 
     def __iter__(self) -> Iterator[ValBatch]:
         worker, workers = _worker()
         urls = self.urls[worker::workers]
-        samples = read_samples(urls, strict=True, expected=self.lengths)
+        samples = _labels_in_range(read_samples(urls, strict=True, expected=self.lengths), self.num_classes)
         decoded = _decode_val(samples, self.transform)
         return _batches_by_shard(decoded, self.cfg.eval_batch_size)
 
@@ -284,16 +291,33 @@ def _endless_shards(urls: list[str], seed: int, epoch: int, index: int, count: i
     return itertools.islice(draws(), index, None, count)
 
 
-def _read_train_samples(urls: Iterable[str], *, lengths: dict[str, int], skips: SkipLog) -> Iterator[Sample]:
+def _read_train_samples(
+    urls: Iterable[str], *, lengths: dict[str, int], skips: SkipLog, num_classes: int
+) -> Iterator[Sample]:
     empty = 0
     for url in urls:
         got = 0
         for sample in read_samples([url], strict=False, expected=lengths, skips=skips):
+            if not 0 <= sample.label < num_classes:
+                skips.skip(f"sample {sample.key}", sample.shard, _label_problem(sample.label, num_classes))
+                continue
             got += 1
             yield sample
         empty = 0 if got else empty + 1
         if empty >= _MAX_EMPTY_SHARDS_IN_A_ROW:
             raise RuntimeError(f"{empty} shards in a row held no readable sample (the last: {url})")
+
+
+def _labels_in_range(samples: Iterable[Sample], num_classes: int) -> Iterator[Sample]:
+    for s in samples:
+        if not 0 <= s.label < num_classes:
+            raise CorruptShardError(f"shard {s.shard}, key {s.key}: {_label_problem(s.label, num_classes)}")
+        yield s
+
+
+def _label_problem(label: int, num_classes: int) -> str:
+    return (f"label {label} is outside [0, {num_classes}) (num_classes in _info.json); "
+            "fix the .cls member or write the shards again")
 
 
 def _decode_train(

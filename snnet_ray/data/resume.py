@@ -82,7 +82,9 @@ def finished_shards(out: str, fingerprint: str, overwrite: bool) -> dict[str, Sh
     intact = {}
     for shard, result in previous.items():
         path = os.path.join(out, shard)
-        if os.path.exists(path) and os.path.getsize(path) == result.bytes:
+        if result.samples == 0 and not os.path.exists(path):
+            intact[shard] = result  # every image was corrupt: nothing was written, nothing to redo
+        elif os.path.exists(path) and os.path.getsize(path) == result.bytes:
             intact[shard] = result
         else:
             _logger.warning("%s is missing or changed since it was written; writing it again", path)

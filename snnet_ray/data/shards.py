@@ -8,7 +8,8 @@ that is renamed into place when complete, so a `*.tar` in the output is always a
 
 Every image is decoded before it is written. One that does not decode (or is of an unsupported
 format, or cannot be read) is left out, logged with its path and reason, counted in the
-summary and listed in `_info.json` - never dropped silently.
+summary and listed in `_info.json` - never dropped silently. A shard whose every image was left
+out is not written at all (an empty tar would be read as a shard of nothing), nor listed.
 
 A rerun with the same source and settings resumes an interrupted run and leaves a finished one
 untouched; other settings over existing shards need `overwrite=True` (see `resume.py`).
@@ -265,6 +266,9 @@ def _write_shard(task: _ShardTask) -> ShardResult:
                 samples += 1
         f.flush()
         os.fsync(f.fileno())
+    if samples == 0:
+        os.remove(tmp)
+        return ShardResult(task.name, task.split, 0, 0, corrupt)
     os.replace(tmp, final)
     return ShardResult(task.name, task.split, samples, os.path.getsize(final), corrupt)
 
@@ -297,7 +301,9 @@ def _info(
 ) -> DatasetInfo:
     splits: dict[str, list[ShardResult]] = {}
     for task in plan:
-        splits.setdefault(task.split, []).append(done[task.name])
+        splits.setdefault(task.split, [])
+        if done[task.name].samples:  # a shard of only corrupt images was not written
+            splits[task.split].append(done[task.name])
     shards = [done[t.name] for t in plan]
     return DatasetInfo(
         root=out,
@@ -334,7 +340,7 @@ def _summary(
         num_classes=info.num_classes,
         splits={s.name: {"images": s.num_samples, "shards": s.num_shards} for s in info.splits.values()},
         images=sum(s.num_samples for s in info.splits.values()),
-        shards=len(plan),
+        shards=sum(s.num_shards for s in info.splits.values()),
         bytes=ours["bytes"],
         written_images=sum(done[n].samples for n in written),
         written_shards=len(written),
