@@ -116,6 +116,20 @@ def _build(spec: AnchorSpec, timm_kwargs: Mapping[str, Any], pretrained: bool, *
     return timm.create_model(spec.name, pretrained=pretrained, **kwargs)
 
 
+def _families_without_kwargs(specs: Sequence[AnchorSpec]) -> list[type[AnchorAdapter]]:
+    with torch.device("meta"):
+        return [adapter_for(_build(s, {}, pretrained=False)) for s in specs]
+
+
+def _check_one_family(specs: Sequence[AnchorSpec], families: Sequence[type[AnchorAdapter]]) -> None:
+    if len(set(families)) > 1:
+        found = ", ".join(f"{s.name} ({f.family})" for s, f in zip(specs, families))
+        raise ValueError(
+            f"anchors must be of one family, got {found}; SN-Net stitches models of one kind "
+            "and several sizes (e.g. DeiT-Ti/S/B or Swin-Ti/S/B)"
+        )
+
+
 def create_anchors(
     specs: Sequence[AnchorSpec],
     device: torch.device | str = "cpu",
@@ -127,15 +141,20 @@ def create_anchors(
     an anchor's own kwargs win. On `device='meta'` nothing is allocated and no weights load,
     which is all that stitch listing and cost counting need.
     """
-    with torch.device("meta"):
-        probes = [_build(s, timm_kwargs, pretrained=False) for s in specs]
+    try:
+        with torch.device("meta"):
+            probes = [_build(s, timm_kwargs, pretrained=False) for s in specs]
+    except TypeError as err:
+        # Keyword arguments of one family (a ViT's `class_token`) break another family's constructor:
+        # find the families without them, so mixed anchors are reported as such.
+        try:
+            families = _families_without_kwargs(specs)
+        except TypeError:
+            families = []  # the anchors' own kwargs need the shared ones: report the first error
+        _check_one_family(specs, families)
+        raise TypeError(f"timm could not build the anchors with timm_kwargs {dict(timm_kwargs)}: {err}") from err
     families = [adapter_for(m) for m in probes]
-    if len(set(families)) > 1:
-        found = ", ".join(f"{s.name} ({f.family})" for s, f in zip(specs, families))
-        raise ValueError(
-            f"anchors must be of one family, got {found}; SN-Net stitches models of one kind "
-            "and several sizes (e.g. DeiT-Ti/S/B or Swin-Ti/S/B)"
-        )
+    _check_one_family(specs, families)
 
     adapters = []
     for spec, adapter_cls in zip(specs, families):

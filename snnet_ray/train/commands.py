@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-__all__ = ["add_train_arguments", "register", "train_command"]
+if TYPE_CHECKING:
+    from snnet_ray.train.config import ExperimentConfig
+
+__all__ = ["add_train_arguments", "connect_if_given", "register", "train_command", "validate_command"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +56,51 @@ def add_train_arguments(p: argparse.ArgumentParser, default_config: str | None =
     )
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="run every check (config, anchors, weight files, shards, teacher, and the cluster's capacity when "
+        "--address or $RAY_ADDRESS names one) without starting workers; exit 1 listing the problems",
+    )
     p.add_argument("--json", action="store_true", help="print where things went as JSON")
+
+
+def validate_command(cfg: ExperimentConfig, address: str | None, as_json: bool) -> int:
+    """`--validate`: every preflight check, no worker; 0 when all pass, 1 listing the problems."""
+    from snnet_ray.train.preflight import preflight
+
+    cluster = connect_if_given(address)
+    report = preflight(cfg, check_cluster=cluster is None)
+    if cluster is not None:
+        report.skipped.append(f"cluster: {cluster}")
+    if as_json:
+        json.dump({"ok": report.ok, "problems": [str(p) for p in report.problems], "skipped": report.skipped},
+                  sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(report.format())
+    return 0 if report.ok else 1
+
+
+def connect_if_given(address: str | None) -> str | None:
+    """Join the cluster named by `address` or $RAY_ADDRESS (or use the one this process is connected to);
+    None when connected, else why the capacity is not checked."""
+    import os
+
+    ray_module = sys.modules.get("ray")
+    if ray_module is not None and ray_module.is_initialized():
+        return None
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        return "capacity not checked: no --address or $RAY_ADDRESS (a local Ray would be started for the run)"
+    import ray
+
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, logging_level="ERROR")
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            return f"capacity not checked: cannot reach the Ray cluster at {address} ({err})"
+    return None
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -62,10 +110,18 @@ def train_command(args: argparse.Namespace) -> int:
 
     from snnet_ray.train.config import load_experiment
 
-    cfg = load_experiment(args.config, args.overrides)
+    try:
+        cfg = load_experiment(args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as err:
+        if not getattr(args, "validate", False):
+            raise
+        print(f"preflight: 1 problem(s); nothing was started\n  - config: {err}")
+        return 1
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    if getattr(args, "validate", False):
+        return validate_command(cfg, args.address, args.json)
     import ray
 
     from snnet_ray.train.launch import run_experiment

@@ -5,14 +5,19 @@
 A preset (`snnet_ray/presets/<name>.yaml`, or any YAML file) is complete data: every section maps
 onto one dataclass below and unknown keys are errors that name the field. Components own their
 configs (`DataConfig`, `OptimConfig`, `SamplerConfig`, `DeepSpeedConfig`, `LossConfig`); this
-module composes them and adds what a run needs around them. `validate_experiment` checks files
-and the cluster before any worker starts.
+module composes them and adds what a run needs around them. Every value is checked at load and
+a bad one is refused naming its field: unknown keys, wrong types, booleans where numbers belong,
+non-finite floats anywhere (`optim.lr=nan`, `schedule.epochs=inf`, inside `timm_kwargs` too),
+integers beyond 2**53, and names that break `snnet_ray.names` (`run.name=../../etc`).
+`snnet_ray.train.preflight` then checks anchors, files, the stitch space and the cluster before any
+worker starts (`snnet-ray train --validate` runs only that).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -23,6 +28,7 @@ from typing import Any
 import yaml
 
 from snnet_ray.data.config import DataConfig
+from snnet_ray.names import check_name
 from snnet_ray.train.deepspeed_config import DeepSpeedConfig
 from snnet_ray.train.loss import LossConfig
 from snnet_ray.train.optim import OptimConfig
@@ -124,6 +130,8 @@ class OutputConfig:
     log_every_steps: int = 50
 
     def __post_init__(self) -> None:
+        # The run names a Ray Train folder, a results-service URL path and terminal lines.
+        check_name(self.name, "run.name")
         if self.checkpoint_every_steps < 1 or self.log_every_steps < 1:
             raise ValueError("run.checkpoint_every_steps and run.log_every_steps must be >= 1")
         if self.keep_checkpoints < 1:
@@ -164,6 +172,10 @@ class EvalConfig:
             raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
         if not (self.configs in ("all", "anchors") or isinstance(self.configs, list)):
             raise ValueError(f"eval.configs must be 'all', 'anchors' or a list of ids, got {self.configs!r}")
+        if isinstance(self.configs, list):
+            bad = [c for c in self.configs if isinstance(c, bool) or not isinstance(c, int) or c < 0]
+            if bad or not self.configs:
+                raise ValueError(f"eval.configs must list config ids (integers >= 0), got {self.configs!r}")
 
 
 @dataclass
@@ -281,6 +293,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _convert(hints[name], value, _join(where, name))
+        _check_numbers(kwargs[name], _join(where, name))
     try:
         return cls(**kwargs)
     except TypeError as err:  # a missing required field
@@ -305,7 +318,25 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             pass
     if tp in (int, float, bool, str) and not isinstance(value, tp):
         raise ValueError(f"config field '{where}' must be {tp.__name__}, got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):
+        raise ValueError(f"config field '{where}' must be {tp.__name__}, got the boolean {value!r}")
     return value
+
+
+def _check_numbers(value: Any, where: str) -> None:
+    """Refuse non-finite floats and huge integers anywhere in a field's value (lists, dicts too)."""
+    if dataclasses.is_dataclass(value):
+        return  # built by _build, which checked its own fields
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config field '{where}' must be a finite number, got {value}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        raise ValueError(f"config field '{where}' = {value} is beyond +-2**53")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_numbers(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_numbers(v, f"{where}[{i}]")
 
 
 def _join(where: str, name: str) -> str:

@@ -71,46 +71,12 @@ def local_weights(pretrained: Any, cache_dir: str | Path = "~/.cache/snnet-ray/w
 
 
 def validate_experiment(cfg: ExperimentConfig, check_cluster: bool = True) -> Any:
-    """Check everything checkable before workers start; returns the SNNet built on meta (no weights)."""
-    from snnet_ray.data import read_info
-    from snnet_ray.data.storage import url_exists
-    from snnet_ray.stitching import SNNet
+    """Check everything checkable before workers start; returns the SNNet built on meta (no weights).
 
-    m = cfg.model
-    model = SNNet.from_timm(
-        m.anchors, kernel_size=m.kernel_size, stride=m.stride, nearest=m.nearest,
-        pretrained=_check_weights(m.pretrained), device="meta", **m.timm_kwargs,
-    )  # fmt: skip
-    try:
-        info = read_info(cfg.data.root)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"data.root={cfg.data.root}: {err}; write shards with `snnet-ray shards` and point data.root at them"
-        ) from None
-    for split in (cfg.data.train_split, cfg.data.val_split):
-        try:
-            urls = info.urls(split)
-        except (KeyError, ValueError):
-            raise ValueError(f"data.root={cfg.data.root} has no '{split}' split in its _info.json") from None
-        if not urls:
-            raise ValueError(f"split '{split}' of data.root={cfg.data.root} lists no shards")
-        missing = [u for u in urls if not url_exists(u)]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} {split} shards are missing, e.g. {missing[0]}; rewrite the shards")
-    if info.num_classes != model.num_classes:
-        raise ValueError(
-            f"the shards hold {info.num_classes} classes but the model has {model.num_classes}; "
-            f"set model.timm_kwargs.num_classes={info.num_classes}"
-        )
-    if cfg.data.input_size != model.input_size[-1]:
-        raise ValueError(
-            f"data.input_size={cfg.data.input_size} but the anchors take {model.input_size[-1]} px; "
-            "make them agree (model.timm_kwargs.img_size or data.input_size)"
-        )
-    cfg.loss.check_files()
-    if check_cluster:
-        _check_cluster(cfg)
-    return model
+    Raises the first problem found (see `preflight.py` for the checks; `preflight()` lists them all)."""
+    from snnet_ray.train.preflight import preflight
+
+    return preflight(cfg, check_cluster=check_cluster, raise_first=True).model
 
 
 def build_trainer(
@@ -199,30 +165,3 @@ def fit_recorded(trainer: Any, results: Any, run: str, experiment: dict[str, Any
     if checkpoint is not None:
         experiment["model_dir"] = f"{checkpoint}/model"
     return result, checkpoint
-
-
-def _check_weights(pretrained: Any) -> Any:
-    """Local weight files are checked by `from_timm`; remote ones are only checked for a scheme."""
-    if isinstance(pretrained, list):
-        return [False if isinstance(p, str) and "://" in p and not p.startswith("file://") else p for p in pretrained]
-    return pretrained
-
-
-def _check_cluster(cfg: ExperimentConfig) -> None:
-    import ray
-
-    s = cfg.scaling
-    if not ray.is_initialized() or not s.check_resources:
-        return
-    available = ray.cluster_resources()
-    need_cpu = s.num_workers * s.cpus_per_worker
-    if available.get("CPU", 0) < need_cpu:
-        raise ValueError(
-            f"scaling.num_workers={s.num_workers} x scaling.cpus_per_worker={s.cpus_per_worker} needs {need_cpu:g} "
-            f"CPUs but the cluster has {available.get('CPU', 0):g}; lower scaling.num_workers or cpus_per_worker"
-        )
-    if s.use_gpu and available.get("GPU", 0) < s.num_workers:
-        raise ValueError(
-            f"scaling.num_workers={s.num_workers} with scaling.use_gpu=true needs {s.num_workers} GPUs but the "
-            f"cluster has {available.get('GPU', 0):g}; lower scaling.num_workers or add GPU nodes"
-        )

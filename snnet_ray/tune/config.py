@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -316,6 +317,11 @@ def _typed(cls: type, data: Any, where: str) -> Any:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; fields: {', '.join(sorted(names))}"
             raise ValueError(f"unknown {where or 'sweep'} field '{key}'{hint}")
+    from snnet_ray.train.config import _check_numbers
+
+    for key, value in data.items():
+        if key != "experiment":  # the experiment is checked when each trial's config is loaded
+            _check_numbers(value, f"{where}.{key}" if where else key)
     try:
         return cls(**data)
     except TypeError as err:
@@ -344,6 +350,9 @@ def _check_anchor_set_spec(spec: ParamSpec, anchor_sets: Mapping[str, AnchorSet]
 
 def _number(value: Any, kind: str) -> float:
     try:
-        return float(value)  # YAML 1.1 reads "1e-4" as a string
+        number = float(value)  # YAML 1.1 reads "1e-4" as a string
     except (TypeError, ValueError):
         raise ValueError(f"{kind} bounds must be numbers, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{kind} bounds must be finite numbers, got {value!r}")
+    return number
