@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_families import TINY_RESNET, TINY_VIT
 
 from snnet_ray.cli import main as cli_main
 from snnet_ray.data import write_digits_shards
@@ -15,9 +16,6 @@ from snnet_ray.stitching import SNNet
 from snnet_ray.train.config import load_experiment
 from snnet_ray.train.preflight import preflight
 from snnet_ray.tune.config import load_sweep
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_families import TINY_RESNET, TINY_VIT  # noqa: E402
 
 
 @pytest.fixture(scope="module")
