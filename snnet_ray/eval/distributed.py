@@ -11,6 +11,7 @@ twice replaces itself (the service's key is (run, checkpoint, config, shard)).
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,7 +200,8 @@ def _measure_latency_impl(request: EvalRequest, batch_size: int) -> tuple[str, d
     on_gpu = request.use_gpu and torch.cuda.is_available()
     model = load_snnet(request.model_dir, device="cuda" if on_gpu else "cpu").eval()
     ids = request.config_ids if request.config_ids is not None else [c.id for c in model.configs]
-    name = torch.cuda.get_device_name().lower().replace(" ", "-") if on_gpu else "cpu"
+    # A device name follows snnet_ray.names: "NVIDIA GeForce RTX 4090 (24GB)" -> "nvidia-geforce-rtx-4090-24gb".
+    name = re.sub(r"[^a-z0-9_.]+", "-", torch.cuda.get_device_name().lower()).strip("-") if on_gpu else "cpu"
     # The batch is part of the device name: latency at batch 1 and at batch 128 answer different questions.
     return f"{name}-b{batch_size}", measure_latency(model, ids, batch_size=batch_size)
 
