@@ -7,6 +7,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from test_results_store import db_url, postgres_url  # noqa: F401 - fixtures: a fresh database of each backend
 
 import snnet_ray.results.store as store_module
 from snnet_ray.results import ConfigInfo, EvalRecord, ResultsStore, RunInfo, create_app
@@ -235,4 +236,25 @@ def test_store_refuses_directly_what_the_api_refuses(tmp_path):
         EvalRecord(run="r", checkpoint="../x", config_id=0, shard="s", samples=1, top1_correct=0, top5_correct=0)
     with pytest.raises(ValueError, match="gmacs"):
         ConfigInfo(config_id=0, gmacs=float("inf"))
+    store.close()
+
+
+def test_bounds_hold_on_both_backends(db_url):  # noqa: F811
+    """The largest values the schema accepts fit both databases' columns; one past them is a 422."""
+    from snnet_ray.results.schema import MAX_CONFIG_ID, MAX_COUNT, MAX_GMACS, MAX_PARAMS
+
+    store = ResultsStore(db_url)
+    with TestClient(create_app(store, token=TOKEN), raise_server_exceptions=False) as client:
+        biggest = dict(run="r", checkpoint="final", config_id=MAX_CONFIG_ID, shard="s", samples=MAX_COUNT,
+                       top1_correct=MAX_COUNT, top5_correct=MAX_COUNT, loss_sum=1e15, time=4_102_444_800.0)
+        assert client.post("/api/evals", json=[biggest], headers=AUTH).status_code == 200
+        config = dict(config_id=MAX_CONFIG_ID, gmacs=MAX_GMACS, params=MAX_PARAMS)
+        assert client.put("/api/runs/r/configs", json=[config], headers=AUTH).status_code == 200
+        for field, value in (("samples", MAX_COUNT + 1), ("config_id", 2**63), ("samples", -(2**63) - 1)):
+            assert client.post("/api/evals", json=[{**biggest, field: value}], headers=AUTH).status_code == 422
+        assert client.put("/api/runs/r/configs", json=[{**config, "params": 2**63}], headers=AUTH).status_code == 422
+        row = client.get("/api/runs/r/table").json()["rows"][0]
+        assert (row["samples"], row["params"], row["top1"]) == (MAX_COUNT, MAX_PARAMS, 100.0)
+        for path in ("/", "/runs/r", "/api/runs"):
+            assert client.get(path).status_code == 200
     store.close()
