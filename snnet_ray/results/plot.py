@@ -3,6 +3,13 @@
 Same picture as the results page: every config a point, anchors as named diamonds, the Pareto
 frontier highlighted; with several runs, one colour per run and one frontier each. Uses the
 object API with an Agg canvas, so it never touches pyplot's global backend or needs a display.
+
+Why two renderers of one figure (this and `chart.py`'s SVG) rather than one: the page's chart is
+drawn per request inside the Serve replica in ~2 ms with no matplotlib import (~0.5-1.5 s and tens
+of MB), and carries the `data-config` hooks and tooltips the page script uses to link points and
+table rows, which matplotlib's SVG cannot attach; a paper-quality PNG/PDF needs matplotlib's text
+layout, and rasterising our SVG would need a native library (cairo). What makes them the same
+figure is shared: `PALETTE`, `FRONTIER`, `ANCHOR`, `pair_label` and `pareto_front`.
 """
 
 from __future__ import annotations
