@@ -52,12 +52,16 @@ def _eval(args: argparse.Namespace) -> int:
     import ray
 
     from snnet_ray.eval.distributed import EvalRequest, evaluate_distributed
+    from snnet_ray.names import check_name
     from snnet_ray.results import connect_for_job
     from snnet_ray.results.text import format_table
     from snnet_ray.stitching.saving import resolve_model_dir
 
     model_dir = resolve_model_dir(args.checkpoint)
     run = args.run or _run_name(args.checkpoint)
+    # Refused now, not after the evaluation: both name the records in the results service.
+    check_name(run, "--run (default: the checkpoint's run folder)")
+    check_name(args.name, "--name")
     configs = [int(c) for c in args.configs.split(",")] if args.configs else None
     if not ray.is_initialized():
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
