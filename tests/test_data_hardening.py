@@ -116,3 +116,13 @@ def test_a_shard_of_only_corrupt_images_is_not_written(tmp_path):
     assert again.written_shards == 0
     cfg = DataConfig(str(out), **SMALL)
     assert sum(len(b.keys) for b in build_val_loader(cfg, rank=0, world_size=1)) == 2
+
+
+def test_a_member_over_the_size_limit_is_not_read(tmp_path, monkeypatch):
+    from snnet_ray.data import samples
+
+    _write(tmp_path, {"train": [0, 1, 0, 1], "val": [0, 1]})
+    monkeypatch.setattr(samples, "MAX_MEMBER_BYTES", 50)  # every PNG here is larger; the bound is 256 MiB
+    cfg = DataConfig(str(tmp_path), **SMALL)
+    with pytest.raises(CorruptShardError, match=r"key val_0: member val_0.png is over 50 bytes"):
+        list(build_val_loader(cfg, rank=0, world_size=1))

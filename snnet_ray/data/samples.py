@@ -30,6 +30,9 @@ _logger = logging.getLogger(__name__)
 
 # What a damaged or vanished tar stream raises while being read.
 _TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+# A tar header may claim any size: a member larger than this is not read into memory (the largest
+# ImageNet JPEG is ~15 MB), and its sample is skipped (train) or refused (validation).
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
 
 
 class CorruptShardError(ValueError):
@@ -124,8 +127,8 @@ def shard_samples(
             _skip(skips, f"{expected - count} missing samples", shard, msg)
 
 
-def _grouped_members(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) for each run of members sharing a key."""
+def _grouped_members(stream) -> Iterator[tuple[str, dict[str, bytes | None]]]:
+    """(key, {extension: bytes, or None for a member over MAX_MEMBER_BYTES}) per run of members sharing a key."""
     key, fields = None, {}
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
         for member in tar:
@@ -140,13 +143,16 @@ def _grouped_members(stream) -> Iterator[tuple[str, dict[str, bytes]]]:
                 if key is not None:
                     yield key, fields
                 key, fields = member_key, {}
-            fields[ext.lower()] = tar.extractfile(member).read()
+            fields[ext.lower()] = tar.extractfile(member).read() if member.size <= MAX_MEMBER_BYTES else None
     if key is not None:
         yield key, fields
 
 
-def _to_sample(key: str, shard: str, fields: dict[str, bytes]) -> Sample | str:
+def _to_sample(key: str, shard: str, fields: dict[str, bytes | None]) -> Sample | str:
     """The sample, or why these members are not one."""
+    oversized = sorted(e for e, v in fields.items() if v is None)
+    if oversized:
+        return f"member {key}.{oversized[0]} is over {MAX_MEMBER_BYTES} bytes; it was not read"
     image = next((fields[e] for e in READ_EXTENSIONS if e in fields), None)
     if image is None:
         return f"no image member ({'/'.join(READ_EXTENSIONS)}), found {sorted(fields)}"
