@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .splits import alias_of, resolve_split
 from .storage import is_local, join_url, local_path, open_url
 
 __all__ = ["INFO_NAME", "DatasetInfo", "SplitInfo", "read_info", "write_info"]
@@ -59,7 +60,9 @@ class DatasetInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> SplitInfo:
-        """The split called `name`; ValueError listing the splits there are otherwise."""
+        """The split called `name` (`val` and `validation` name the same split, see splits.py);
+        ValueError listing the splits there are otherwise."""
+        name = resolve_split(name, self.splits)
         if name not in self.splits:
             raise ValueError(f"split '{name}' is not in {join_url(self.root, INFO_NAME)}; it has {sorted(self.splits)}")
         return self.splits[name]
@@ -78,6 +81,12 @@ class DatasetInfo:
             }
             for s in self.splits.values()
         }
+        # The validation split under its other name too (same entry, `name` says which is real), so
+        # timm's reader finds it as split='val' and split='validation'.
+        for s in list(splits):
+            other = alias_of(s)
+            if other is not None and other not in splits:
+                splits[other] = dict(splits[s])
         return {
             "name": self.name,
             "num_classes": self.num_classes,
@@ -108,6 +117,7 @@ def read_info(root_or_url: str) -> DatasetInfo:
                 shard_lengths=tuple(int(n) for n in s["shard_lengths"]),
             )
             for name, s in data["splits"].items()
+            if not _is_alias(name, s, data["splits"])
         }
         class_names = tuple(data.get("class_names", ()))
         num_classes = int(data.get("num_classes", len(class_names)))
@@ -123,6 +133,12 @@ def read_info(root_or_url: str) -> DatasetInfo:
         class_names=class_names,
         extra=extra,
     )
+
+
+def _is_alias(key: str, entry: Any, splits: dict[str, Any]) -> bool:
+    # The validation split's second entry (written by to_json): its `name` is the other key.
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return name != key and name == alias_of(key) and name in splits
 
 
 def write_info(info: DatasetInfo) -> str:
