@@ -145,7 +145,8 @@ def test_object_store_reader_without_fsspec_driver(digits):
     # pyarrow resolves file:// URIs through the same code path.
     from snnet_ray.data.storage import _open_pyarrow
 
-    with _open_pyarrow(f"file://{digits}/validation-000000.tar") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+    url = f"file://{digits}/validation-000000.tar"
+    with _open_pyarrow(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         assert sum(1 for m in tar if m.name.endswith(".cls")) == 100
     with pytest.raises(FileNotFoundError, match="validation-000009.tar does not exist"):
         _open_pyarrow(f"file://{digits}/validation-000009.tar")

@@ -1,4 +1,4 @@
-"""Writing webdataset shards: `{split}-{000000..}.tar` (`train`, `validation`, ...) holding `KEY.jpg|png|webp` + `KEY.cls`.
+"""Writing webdataset shards: `{split}-{000000..}.tar` (`train`, `validation`) holding `KEY.jpg|png|webp` + `KEY.cls`.
 
 Every image keeps its original bytes; its extension follows what the bytes are (see `images.py`).
 Keys have no dots (webdataset splits a member name at the first dot). The train split is shuffled
