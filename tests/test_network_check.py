@@ -139,3 +139,25 @@ def test_driver_rules_name_the_fix(cuda, driver, available, expected):
     else:
         assert problem is not None
         assert re.search(expected, problem), problem
+
+
+def test_allreduce_bandwidth_bench_runs_on_cpu(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "allreduce_bw.json"
+    bench = Path(__file__).resolve().parents[1] / "bench" / "allreduce_bw.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--cpu", "--procs", "2", "--max-mb", "2", "--iters", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"RESULT allreduce_bus_bw_gbps \d+\.\d\d target >= 26\.2", last), last
+    figures = json.loads(out.read_text())
+    assert [r["bytes"] for r in figures["rows"]] == [1 << 20, 2 << 20]
+    assert figures["backend"] == "gloo" and figures["world_size"] == 2
+    assert all(r["bus_bw_gbps"] > 0 for r in figures["rows"])
+    assert figures["model_bus_bw_gbps"] == figures["rows"][-1]["bus_bw_gbps"]

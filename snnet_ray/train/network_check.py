@@ -45,6 +45,7 @@ __all__ = [
     "NetworkCheck",
     "bus_bandwidth_gbps",
     "check_network",
+    "count_nodes",
     "network_warnings",
     "parse_nccl_log",
     "startup_check",
@@ -161,7 +162,7 @@ def check_network(
     if size <= 0 or iterations < 1 or warmup < 0:
         raise ValueError(f"probe needs message_bytes > 0 and iterations >= 1, got {size} and {iterations}")
     host = socket.gethostname()
-    nodes = _count_nodes(host, device)
+    nodes = count_nodes(device, host)
     buffer = torch.ones(max(1, size // 4), dtype=torch.float32, device=device)
     capture = _captured_output() if backend == "nccl" else contextlib.nullcontext(None)
     with capture as log:
@@ -261,10 +262,12 @@ def _backend(device: torch.device) -> str:
     return per_device.get(device.type, name)
 
 
-def _count_nodes(host: str, device: torch.device) -> int:
-    # Distinct host names over the group: a stable hash (Python's hash() differs per process).
+def count_nodes(device: torch.device | str, host: str | None = None) -> int:
+    """Distinct host names over the process group (every rank calls it)."""
+    host = host or socket.gethostname()
+    # A stable hash: Python's hash() differs per process.
     digest = int.from_bytes(hashlib.sha1(host.encode()).digest()[:7], "big")
-    hosts = collectives.all_gather(torch.tensor([digest], dtype=torch.int64, device=device), device)
+    hosts = collectives.all_gather(torch.tensor([digest], dtype=torch.int64, device=device), torch.device(device))
     return len(set(hosts.flatten().tolist()))
 
 
