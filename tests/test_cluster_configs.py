@@ -111,7 +111,7 @@ def test_torch_is_installed_first_with_the_makefiles_versions():
 
 
 def test_torch_cuda_build_is_a_parameter_the_drivers_are_documented():
-    from snnet_ray.train.cuda_check import CUDA_BUILDS
+    from snnet_ray.cuda_check import CUDA_BUILDS
 
     index = "--index-url https://download.pytorch.org/whl/$TORCH_CUDA"
     launcher = next(c for c in _launcher()["setup_commands"] if "torch==" in c)

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from snnet_ray.cuda_check import cuda_problem
 from snnet_ray.results import LocalResults, create_app
-from snnet_ray.train.cuda_check import cuda_problem
 from snnet_ray.train.network_check import (
     NetworkCheck,
     _captured_output,

@@ -19,7 +19,8 @@ same reduction takes 70-230 ms, more than the compute of any step. This check ma
   bandwidth only sockets give).
 
 `startup_check` is what the trainer calls once: the CUDA driver check on GPU workers
-(cuda_check.py), this check, a log line, and a `NetworkRecord` per worker in the results service.
+(snnet_ray/cuda_check.py), this check, a log line, and a `NetworkRecord` per worker in the results
+service.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def startup_check(
     `results_url` when given."""
     driver = None
     if use_gpu:
-        from snnet_ray.train.cuda_check import check_cuda
+        from snnet_ray.cuda_check import check_cuda
 
         status = check_cuda()
         driver = status.driver
