@@ -88,8 +88,9 @@ class NetworkCheck:
         from snnet_ray.results.schema import NetworkRecord
 
         return NetworkRecord(
-            run=run, worker=worker, host=self.host[:200], backend=self.backend, nccl_version=self.nccl_version,
-            driver=self.driver, transport=self.transport, transports=self.transports[:32],
+            run=run, worker=worker, host=self.host[:200], backend=self.backend[:32],
+            nccl_version=(self.nccl_version or "")[:32] or None, driver=(self.driver or "")[:32] or None,
+            transport=self.transport[:64], transports=[t[:64] for t in self.transports[:32]],
             world_size=self.world_size, nodes=self.nodes, message_bytes=self.message_bytes,
             seconds=self.seconds, bus_bw_gbps=self.bus_bw_gbps, warnings=[w[:500] for w in self.warnings[:20]],
             time=time.time(),
@@ -231,8 +232,10 @@ def startup_check(
         results = connect(results_url)
         try:
             results.put_network([check.record(run, f"rank{rank}")])
-        except ConnectionError as err:  # a diagnostic must not stop training; the log has it
-            _say(f"WARNING: network check not recorded: {err}")
+        except (ConnectionError, ValueError) as err:
+            # A diagnostic must not stop training (a service older than /api/network answers 404);
+            # the log has the figures.
+            _say(f"WARNING: network check not recorded in the results service: {err}")
         finally:
             results.close()
     return check
