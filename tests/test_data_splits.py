@@ -63,6 +63,12 @@ def test_older_val_shards_read_with_the_default_name(tmp_path):
     write_digits_shards(str(out), shard_size=200, val_name="val")
     assert (out / "val-000000.tar").is_file()
     assert _val_samples(out, DataConfig(str(out)).val_split) == 360
+    # rerunning the default writer (make demo on an old checkout) keeps that set instead of refusing it
+    info = json.loads((out / "_info.json").read_text())
+    del info["splits"]["validation"]  # as written before the alias existed
+    (out / "_info.json").write_text(json.dumps(info))
+    again = write_digits_shards(str(out), shard_size=200)
+    assert again.written_shards == 0 and "val" in again.splits and not (out / "validation-000000.tar").exists()
 
 
 def test_split_names_resolve_and_clash_clearly():

@@ -125,6 +125,10 @@ def write_shards(
     `validation` by default, and `_info.json` lists it under both names (splits.py).
     """
     out = check_out_dir(out, shard_size, workers)
+    if val_name != "val" and _holds_val_named_set(out):
+        # Shards written before `validation` became the default: our loaders and timm read them as they
+        # are, so a rerun keeps (or resumes) that set instead of refusing it as different settings.
+        val_name = "val"
     splits = canonical_splits(splits, val_name)
     for split in splits:
         if not re.fullmatch(r"[A-Za-z0-9_]+", split):
@@ -146,6 +150,15 @@ def write_shards(
         write_info(info)
         end_plan(out)
     return _summary(out, info, plan, done, written, time.perf_counter() - start)
+
+
+def _holds_val_named_set(out: str) -> bool:
+    info = read_json(os.path.join(out, INFO_NAME)) if os.path.isdir(out) else None
+    splits = info.get("splits") if isinstance(info, dict) else None
+    # The real entry is `val` (name "val"); a `validation` entry, if any, is its alias (to_json).
+    val = splits.get("val") if isinstance(splits, dict) else None
+    alias = splits.get("validation") if isinstance(splits, dict) else None
+    return isinstance(val, dict) and val.get("name") == "val" and (alias is None or alias == val)
 
 
 def check_out_dir(out: str, shard_size: int = 1, workers: int = 1) -> str:
