@@ -306,8 +306,9 @@ def _captured_output() -> Iterator[_Captured]:
             tmp.seek(0)
             data = tmp.read()
             captured.text = data.decode(errors="replace")
-            if data:
-                os.write(1, data)
+            view = memoryview(data)
+            while view:  # os.write may write less than it is given
+                view = view[os.write(1, view):]
 
 
 def _say(message: str) -> None:
