@@ -15,6 +15,7 @@ import copy
 import logging
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,8 @@ def test_gpu_nodes_get_efa_in_a_placement_group_and_the_runtime_env_uses_it():
     assert "--device=/dev/infiniband" in docker["worker_run_options"], "containers must see the EFA devices"
     installs = [c for c in config["worker_setup_commands"] if "cluster/install_efa.sh" in c]
     assert installs and (CLUSTER / "install_efa.sh").is_file()
+    syntax = subprocess.run(["bash", "-n", str(CLUSTER / "install_efa.sh")], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
     assert re.search(r"^RUN .*install_efa\.sh", DOCKERFILE.read_text(), re.M), "the image must install EFA"
 
 
