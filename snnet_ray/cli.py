@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "snnet_ray.results.commands",
     "snnet_ray.deploy.commands",
     "snnet_ray.tune.commands",
+    "snnet_ray.submit.commands",
 )
 
 

@@ -15,6 +15,7 @@ import copy
 import logging
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,62 @@ def test_torch_is_installed_first_with_the_makefiles_versions():
         assert pins.group(1) in commands[torch[0]], f"{where}: torch pins differ from the Makefile's"
 
 
+def test_torch_cuda_build_is_a_parameter_the_drivers_are_documented():
+    from snnet_ray.cuda_check import CUDA_BUILDS
+
+    index = "--index-url https://download.pytorch.org/whl/$TORCH_CUDA"
+    launcher = next(c for c in _launcher()["setup_commands"] if "torch==" in c)
+    docker = next(c for c in _dockerfile_runs() if "torch==" in c)
+    assert index in launcher and index in docker, "torch must come from the index of the chosen CUDA build"
+    default = re.search(r"^ARG TORCH_CUDA=(\w+)$", DOCKERFILE.read_text(), re.M)
+    assert default and default.group(1) in CUDA_BUILDS and f"TORCH_CUDA={default.group(1)};" in launcher
+    assert all(build in docker for build in CUDA_BUILDS), "the Dockerfile must accept every CUDA build"
+    text = README.read_text()
+    for build, (_, minimum, _) in CUDA_BUILDS.items():  # README's table matches the check's
+        assert re.search(rf"\| `{build}` \|.*\| {re.escape(minimum)} \|", text), f"README: driver for {build}"
+
+
+def test_gpu_nodes_get_efa_in_a_placement_group_and_the_runtime_env_uses_it():
+    config = _launcher()
+    head = config["available_node_types"][config["head_node_type"]]["node_config"]
+    env = _runtime_env()["env_vars"]
+    assert env["FI_PROVIDER"] == "efa" and env["FI_EFA_USE_DEVICE_RDMA"] == "1" and env["FI_EFA_FORK_SAFE"] == "1"
+    assert env["NCCL_DEBUG"] == "INFO" and "NET" in env["NCCL_DEBUG_SUBSYS"]  # what the start-up check reads
+    for name, t in config["available_node_types"].items():
+        if not t["resources"].get("GPU"):
+            continue
+        node = t["node_config"]
+        nics = node["NetworkInterfaces"]
+        assert {n["InterfaceType"] for n in nics} == {"efa"}, f"{name}: every network card carries EFA"
+        assert sorted(n["NetworkCardIndex"] for n in nics) == list(range(len(nics)))
+        assert [n["DeviceIndex"] for n in nics].count(0) == 1, f"{name}: one primary interface"
+        assert {tuple(n["Groups"]) for n in nics} == {tuple(head["SecurityGroupIds"])}, "one security group"
+        assert len({n["SubnetId"] for n in nics}) == 1, f"{name}: EFA stays in one subnet"
+        assert node["Placement"]["GroupName"], f"{name}: EFA nodes belong in a cluster placement group"
+    docker = config["docker"]
+    assert "--device=/dev/infiniband" in docker["worker_run_options"], "containers must see the EFA devices"
+    installs = [c for c in config["worker_setup_commands"] if "cluster/install_efa.sh" in c]
+    assert installs and (CLUSTER / "install_efa.sh").is_file()
+    syntax = subprocess.run(["bash", "-n", str(CLUSTER / "install_efa.sh")], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+    assert re.search(r"^RUN .*install_efa\.sh", DOCKERFILE.read_text(), re.M), "the image must install EFA"
+
+
+def test_kuberay_gpu_pods_get_efa_or_infiniband():
+    for path, docs in _kuberay_docs():
+        for spec in _ray_cluster_specs(docs):
+            for group in spec["workerGroupSpecs"]:
+                container = group["template"]["spec"]["containers"][0]
+                limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+                fabric = [k for k in limits if k == "vpc.amazonaws.com/efa" or k.startswith("rdma/")]
+                assert len(fabric) == 1, f"{path.name} {group['groupName']}: request EFA or an RDMA device"
+                assert requests.get(fabric[0]) == limits[fabric[0]]
+                assert "IPC_LOCK" in container["securityContext"]["capabilities"]["add"], "RDMA locks memory"
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                if fabric[0].startswith("rdma/"):  # InfiniBand: NCCL's own transport on the named HCAs
+                    assert env.get("NCCL_NET_PLUGIN") == "none" and env.get("NCCL_IB_HCA")
+
+
 def test_launcher_syncs_and_installs_this_checkout():
     config = _launcher()
     remote = [r for r, local in config["file_mounts"].items() if (ROOT / local).resolve() == ROOT]
@@ -134,11 +191,28 @@ def test_kuberay_manifests_have_the_required_structure():
             container = pod["containers"][0]
             limits, requests = container["resources"]["limits"], container["resources"]["requests"]
             assert int(limits[GPU]) > 0 and limits[GPU] == requests.get(GPU), f"{group['groupName']}: GPU limits"
-            shm = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/dev/shm"]
-            volumes = {v["name"]: v for v in pod.get("volumes", [])}
-            assert shm and volumes[shm[0]["name"]]["emptyDir"]["medium"] == "Memory", "GPU pods need /dev/shm"
         for pod in _pod_specs(spec):
             assert pod.get("serviceAccountName"), "every Ray pod needs the service account that grants S3"
+
+
+def test_every_kuberay_pod_has_a_sized_memory_backed_dev_shm():
+    # Every Ray pod of every manifest (RayCluster, RayJob, RayService): DataLoader workers, NCCL's SHM
+    # transport and Ray's object store live in /dev/shm, 64 MB by default in a container.
+    pods = 0
+    for path, docs in _kuberay_docs():
+        for spec in _ray_cluster_specs(docs):
+            for pod in _pod_specs(spec):
+                pods += 1
+                container = pod["containers"][0]
+                where = f"{path.name} {container['name']}"
+                mounts = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/dev/shm"]
+                assert mounts, f"{where}: no /dev/shm volume"
+                volume = {v["name"]: v for v in pod.get("volumes", [])}[mounts[0]["name"]]
+                assert volume["emptyDir"]["medium"] == "Memory", f"{where}: /dev/shm must be memory-backed"
+                size = _bytes(volume["emptyDir"]["sizeLimit"])
+                memory = _bytes(container["resources"]["limits"]["memory"])
+                assert 1 << 30 <= size <= memory // 2, f"{where}: size /dev/shm between 1 GiB and half the memory"
+    assert pods >= 6, "expected the head and worker pods of the RayCluster and both RayJobs"
 
 
 def test_rayjob_runs_the_rayclusters_spec_and_cleans_up():
@@ -167,10 +241,22 @@ def test_runtime_env_leaves_out_environments_and_data_but_not_the_package():
     assert not {"pip", "uv", "conda"} & set(env), "runtime_env.yaml installs packages per job"
     excluded = _get_excludes(ROOT, env["excludes"])
     for path in (".venv/bin/python", "data/imagenet-wds/train-000000.tar", ".git/HEAD", "bench/out/x.json",
-                 "weights/swin_tiny/model.safetensors", "checkpoints/step_100/model.pt"):
+                 "weights/swin_tiny/model.safetensors", "checkpoints/step_100/model.pt", "exported/cfg12/model.onnx",
+                 "deit.pt2", "model.onnx", "outputs/run1/log.txt", "ray_tmp/session_latest/logs/raylet.out",
+                 "session_2026-11-29_10-00-00_123_1/logs/gcs_server.out", "session_latest/x"):
         assert excluded(ROOT / path), f"{path} would be uploaded with every job"
     for path in ("snnet_ray/data/shards.py", "jobs/make_shards.py", "pyproject.toml", "snnet_ray/presets/a.yaml"):
         assert not excluded(ROOT / path), f"{path} would be left out of every job"
+
+
+def test_excludes_cover_every_gitignore_pattern_and_the_launcher_syncs_with_it():
+    patterns = [line.strip() for line in (ROOT / ".gitignore").read_text().splitlines()]
+    patterns = [p for p in patterns if p and not p.startswith(("#", "!"))]
+    # Folders may drop the trailing "/": Ray then skips them whole instead of testing each file inside.
+    excludes = set(_runtime_env()["excludes"])
+    missing = [p for p in patterns if p not in excludes and p.rstrip("/") not in excludes]
+    assert not missing, f"cluster/runtime_env.yaml's excludes lack .gitignore's {missing}"
+    assert ".gitignore" in _launcher()["rsync_filter"], "the launcher's file sync must apply .gitignore"
 
 
 def test_working_dir_upload_holds_the_whole_project():
@@ -297,6 +383,8 @@ def _ray_cluster_specs(docs: list[Any]) -> Iterator[dict[str, Any]]:
             yield doc["spec"]
         elif doc.get("kind") == "RayJob" and "rayClusterSpec" in doc["spec"]:
             yield doc["spec"]["rayClusterSpec"]
+        elif doc.get("kind") == "RayService" and "rayClusterConfig" in doc["spec"]:
+            yield doc["spec"]["rayClusterConfig"]
 
 
 def _pod_specs(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -328,7 +416,15 @@ def _find_images(node: Any) -> Iterator[str]:
 
 
 def _dockerfile_runs() -> list[str]:
-    return re.findall(r"^RUN\s+(.*)$", DOCKERFILE.read_text(), re.M)
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())  # continuation lines joined
+    return re.findall(r"^RUN\s+(.*)$", text, re.M)
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes quantity ("8Gi", "500M", "1024") in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i?)?", str(quantity)).groups()
+    return int(float(number) * units.get(unit or "", 1))
 
 
 def _commands(readme_only: bool = False) -> list[str]:

@@ -20,11 +20,11 @@ def digits(tmp_path_factory):
 
 def test_digits_shards(digits):
     out, summary = digits
-    assert summary.splits == {"train": {"images": 1437, "shards": 12}, "val": {"images": 360, "shards": 3}}
+    assert summary.splits == {"train": {"images": 1437, "shards": 12}, "validation": {"images": 360, "shards": 3}}
     assert summary.corrupt == [] and summary.written_images == 1797
     info = read_info(str(out))
     assert info.name == "digits" and info.num_classes == 10
-    with tarfile.open(out / "val-000000.tar") as tar:
+    with tarfile.open(out / "validation-000000.tar") as tar:
         names = tar.getnames()
         image = Image.open(io.BytesIO(tar.extractfile(names[0]).read()))
     assert names[0].endswith(".png") and names[1].endswith(".cls")
@@ -34,7 +34,7 @@ def test_digits_shards(digits):
 def test_digits_split_is_fixed(digits, tmp_path):
     out, _ = digits
     other = write_digits_shards(str(tmp_path / "other"), seed=5)
-    assert other.splits == {"train": {"images": 1437, "shards": 12}, "val": {"images": 360, "shards": 3}}
+    assert other.splits == {"train": {"images": 1437, "shards": 12}, "validation": {"images": 360, "shards": 3}}
     for name in read_info(str(out)).split("val").filenames:  # val does not depend on the seed
         assert (out / name).read_bytes() == (tmp_path / "other" / name).read_bytes()
     assert (out / "train-000000.tar").read_bytes() != (tmp_path / "other" / "train-000000.tar").read_bytes()

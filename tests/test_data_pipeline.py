@@ -106,18 +106,18 @@ def test_validation_reads_every_sample_once_over_2_ranks_x_2_workers(digits):
 
 def test_validation_of_a_subset_of_shards(digits):
     cfg = DataConfig(str(digits), num_workers=1, **SMALL)
-    wanted = ["val-000001.tar", "val-000003.tar"]
+    wanted = ["validation-000001.tar", "validation-000003.tar"]
     got = collections.Counter()
     for rank in range(2):
         for b in build_val_loader(cfg, rank=rank, world_size=2, shards=wanted):
             got[b.shard] += len(b.keys)
-    assert got == {"val-000001.tar": 100, "val-000003.tar": 60}
+    assert got == {"validation-000001.tar": 100, "validation-000003.tar": 60}
     # more ranks than shards: some ranks get none, and nothing is read twice
     loaders = [build_val_loader(cfg, rank=r, world_size=6) for r in range(6)]
     assert [loader.num_samples for loader in loaders] == [100, 100, 100, 60, 0, 0]
     assert sum(len(b.keys) for loader in loaders for b in loader) == 360
-    with pytest.raises(ValueError, match="val-000009.tar"):
-        build_val_loader(cfg, rank=0, world_size=1, shards=["val-000009.tar"])
+    with pytest.raises(ValueError, match="validation-000009.tar"):
+        build_val_loader(cfg, rank=0, world_size=1, shards=["validation-000009.tar"])
 
 
 def test_pipe_urls_and_fsspec_file_systems(digits):
@@ -132,9 +132,9 @@ def test_pipe_urls_and_fsspec_file_systems(digits):
             assert read_info(root).split("val").num_samples == 360
             assert sum(len(b.keys) for b in build_val_loader(cfg, rank=0, world_size=1)) == 360
             assert len(list(build_train_loader(cfg, rank=0, world_size=1))) == 4
-        memory.rm("/digits-test/val-000002.tar")
+        memory.rm("/digits-test/validation-000002.tar")
         cfg = DataConfig("memory://digits-test", num_workers=0, **SMALL)
-        with pytest.raises(FileNotFoundError, match="memory://digits-test/val-000002.tar is missing"):
+        with pytest.raises(FileNotFoundError, match="memory://digits-test/validation-000002.tar is missing"):
             list(build_val_loader(cfg, rank=0, world_size=1))
     finally:
         memory.rm("/digits-test", recursive=True)
@@ -145,21 +145,22 @@ def test_object_store_reader_without_fsspec_driver(digits):
     # pyarrow resolves file:// URIs through the same code path.
     from snnet_ray.data.storage import _open_pyarrow
 
-    with _open_pyarrow(f"file://{digits}/val-000000.tar") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+    url = f"file://{digits}/validation-000000.tar"
+    with _open_pyarrow(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         assert sum(1 for m in tar if m.name.endswith(".cls")) == 100
-    with pytest.raises(FileNotFoundError, match="val-000009.tar does not exist"):
-        _open_pyarrow(f"file://{digits}/val-000009.tar")
+    with pytest.raises(FileNotFoundError, match="validation-000009.tar does not exist"):
+        _open_pyarrow(f"file://{digits}/validation-000009.tar")
 
 
 def test_missing_shard_is_a_clear_error(broken):
-    (broken / "val-000002.tar").unlink()
+    (broken / "validation-000002.tar").unlink()
     (broken / "train-000005.tar").unlink()
     cfg = DataConfig(str(broken), num_workers=0, **SMALL)
-    with pytest.raises(FileNotFoundError, match="val-000002.tar is missing"):
+    with pytest.raises(FileNotFoundError, match="validation-000002.tar is missing"):
         build_val_loader(cfg, rank=0, world_size=1)
     with pytest.raises(FileNotFoundError, match="train-000005.tar is missing"):
         build_train_loader(cfg, rank=0, world_size=1)
-    assert len(list(build_val_loader(cfg, rank=0, world_size=1, shards=["val-000001.tar"]))) == 4
+    assert len(list(build_val_loader(cfg, rank=0, world_size=1, shards=["validation-000001.tar"]))) == 4
     with pytest.raises(FileNotFoundError, match="no _info.json"):
         build_val_loader(cfg.replace(root=str(broken / "nowhere")), rank=0, world_size=1)
 
@@ -203,16 +204,16 @@ def test_training_skips_corrupt_images_and_truncated_tars_with_a_running_count(b
 
 @pytest.mark.parametrize("damage", ["image", "truncated", "short"])
 def test_validation_errors_name_the_shard_and_key(broken, damage):
-    shard = broken / "val-000001.tar"
+    shard = broken / "validation-000001.tar"
     if damage == "image":
         key = corrupt_image(shard, 7)
-        match = f"shard val-000001.tar, key {key}: image does not decode"
+        match = f"shard validation-000001.tar, key {key}: image does not decode"
     elif damage == "truncated":
         truncate(shard, 61)
-        match = "val-000001.tar is truncated or corrupt after key digit_"
+        match = "validation-000001.tar is truncated or corrupt after key digit_"
     else:
         truncate(shard, 20, clean=True)  # a clean cut: only the count shows it
-        match = "val-000001.tar holds 10 readable samples but _info.json lists 100"
+        match = "validation-000001.tar holds 10 readable samples but _info.json lists 100"
     cfg = DataConfig(str(broken), num_workers=2, **SMALL)
     with pytest.raises(CorruptShardError, match=match):
         for _ in build_val_loader(cfg, rank=0, world_size=1):

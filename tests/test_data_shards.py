@@ -70,11 +70,11 @@ def test_imagefolder_shards_hold_original_bytes_and_labels(tmp_path):
 
     summary = write_imagefolder_shards(str(src), str(out), shard_size=5, workers=1, progress=False)
 
-    assert summary.splits == {"train": {"images": 24, "shards": 5}, "val": {"images": 9, "shards": 2}}
+    assert summary.splits == {"train": {"images": 24, "shards": 5}, "validation": {"images": 9, "shards": 2}}
     assert summary.images == 33 and summary.corrupt == [] and summary.bytes > 0
     assert sorted(os.listdir(out)) == ["_info.json"] + [f"train-{i:06d}.tar" for i in range(5)] + [
-        "val-000000.tar",
-        "val-000001.tar",
+        "validation-000000.tar",
+        "validation-000001.tar",
     ]
     info = read_info(str(out))
     assert info.num_classes == 3 and info.class_names == CLASSES
@@ -102,7 +102,7 @@ def test_timm_reads_imagefolder_shards(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     make_imagefolder(src)
     write_imagefolder_shards(str(src), str(out), shard_size=4, workers=1, progress=False)
-    for split, n in (("train", 21), ("val", 9)):
+    for split, n in (("train", 21), ("validation", 9), ("val", 9)):  # timm's name and ours
         dataset = timm.data.create_dataset("wds/src", root=str(out), split=split)
         items = list(dataset)
         assert len(items) == n
@@ -127,7 +127,7 @@ def test_corrupt_images_are_reported_counted_and_left_out(tmp_path, caplog):
     assert set(reported) == {str(truncated), str(garbage), str(bitmap)}
     assert "truncated" in reported[str(truncated)]
     assert "unsupported image format BMP" in reported[str(bitmap)]
-    assert summary.splits["train"]["images"] == 21 and summary.splits["val"]["images"] == 9
+    assert summary.splits["train"]["images"] == 21 and summary.splits["validation"]["images"] == 9
     assert str(garbage) in caplog.text and "3 corrupt or unreadable images" in summary.format()
     recorded = read_info(str(out)).extra["snnet_ray"]["corrupt"]
     assert {c["path"] for c in recorded} == set(reported)

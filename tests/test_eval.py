@@ -85,7 +85,7 @@ def test_distributed_evaluation_equals_one_process_and_resumes(tmp_path, digits,
     request.loader_workers = 0
     evaluate_distributed(EvalRequest(**{**request.__dict__, "max_shards": 2}), progress=False)
     results = LocalResults(db)
-    assert set(results.done_shards("eval-test", "final")) == {"val-000000.tar", "val-000001.tar"}
+    assert set(results.done_shards("eval-test", "final")) == {"validation-000000.tar", "validation-000001.tar"}
     first_records = {(r.shard, r.config_id): r.time for r in results.records("eval-test", "final")}
 
     table = evaluate_distributed(request, progress=False)

@@ -109,6 +109,10 @@ def test_training_lifts_accuracy_over_the_least_squares_start(digits, tmp_path, 
     # the checkpoint holds the whole SN-Net, ready for `snnet-ray eval` and export
     assert (Path(outcome.checkpoint) / "model" / "snnet.json").is_file()
     assert results.get_run("lift").status == "finished"
+    # every worker checked the network at start and recorded gloo's figures with the run
+    network = results.network("lift")
+    assert [r.worker for r in network] == ["rank0", "rank1"]
+    assert all(r.backend == "gloo" and r.world_size == 2 and r.bus_bw_gbps > 0 for r in network)
 
 
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, done: threading.Event, killed: list) -> None:

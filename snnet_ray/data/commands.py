@@ -50,6 +50,10 @@ def _add_common(parser: argparse.ArgumentParser, default_shard_size: int) -> Non
     parser.add_argument("--overwrite", action="store_true", help="replace shards written with other settings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--val-name", choices=("validation", "val"), default="validation",
+        help="file name of the validation split: timm's 'validation' (default) or 'val' (older snnet-ray shards)",
+    )
 
 
 def _imagefolder(args: argparse.Namespace) -> int:
@@ -64,6 +68,7 @@ def _imagefolder(args: argparse.Namespace) -> int:
         name=args.name,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        val_name=args.val_name,
     )
     _print_summary(summary, args.json)
     return 0
@@ -78,6 +83,7 @@ def _digits(args: argparse.Namespace) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        val_name=args.val_name,
     )
     _print_summary(summary, args.json)
     return 0

@@ -41,7 +41,8 @@ class DataConfig:
     samples_per_epoch: int | None = None
     """Training samples per epoch over all ranks; defaults to the train split's size."""
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str = "validation"
+    """The validation split; `val` names it too (older shards, see data/splits.py)."""
     # normalisation and resizing: take them from the anchors' timm data config
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

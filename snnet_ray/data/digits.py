@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 
 from .shards import ImageRecord, ShardSummary, write_shards
+from .splits import VAL_SPLIT
 
 __all__ = ["DIGITS_CLASSES", "DIGITS_SIZE", "digits_records", "write_digits_shards"]
 
@@ -29,8 +30,10 @@ def write_digits_shards(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = False,
+    val_name: str = VAL_SPLIT,
 ) -> ShardSummary:
-    """Write the digits set as `train-*.tar` (1,437 images) and `val-*.tar` (360) into `out`."""
+    """Write the digits set as `train-*.tar` (1,437 images) and `validation-*.tar` (360) into `out`
+    (`val_name="val"`: `val-*.tar`, the name of older snnet-ray shards)."""
     return write_shards(
         digits_records(),
         out,
@@ -41,6 +44,7 @@ def write_digits_shards(
         seed=seed,
         overwrite=overwrite,
         progress=progress,
+        val_name=val_name,
     )
 
 

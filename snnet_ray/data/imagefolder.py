@@ -19,6 +19,7 @@ import re
 from collections import Counter
 
 from .shards import ImageRecord, ShardSummary, check_out_dir, write_shards
+from .splits import VAL_SPLIT
 
 __all__ = ["SPLIT_DIRS", "list_imagefolder", "write_imagefolder_shards"]
 
@@ -41,6 +42,7 @@ def write_imagefolder_shards(
     name: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    val_name: str = VAL_SPLIT,
 ) -> ShardSummary:
     """Write the ImageFolder tree at `src` as webdataset shards in `out` (see `shards.py` for reruns).
 
@@ -59,6 +61,7 @@ def write_imagefolder_shards(
         seed=seed,
         overwrite=overwrite,
         progress=progress,
+        val_name=val_name,
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from snnet_ray.names import is_name
 
+from .splits import alias_of, resolve_split
 from .storage import is_local, join_url, local_path, open_url
 
 __all__ = ["INFO_NAME", "DatasetInfo", "SplitInfo", "check_shard_name", "read_info", "shard_url", "write_info"]
@@ -66,7 +67,9 @@ class DatasetInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> SplitInfo:
-        """The split called `name`; ValueError listing the splits there are otherwise."""
+        """The split called `name` (`val` and `validation` name the same split, see splits.py);
+        ValueError listing the splits there are otherwise."""
+        name = resolve_split(name, self.splits)
         if name not in self.splits:
             raise ValueError(f"split '{name}' is not in {join_url(self.root, INFO_NAME)}; it has {sorted(self.splits)}")
         return self.splits[name]
@@ -85,6 +88,12 @@ class DatasetInfo:
             }
             for s in self.splits.values()
         }
+        # The validation split under its other name too (same entry, `name` says which is real), so
+        # timm's reader finds it as split='val' and split='validation'.
+        for s in list(splits):
+            other = alias_of(s)
+            if other is not None and other not in splits:
+                splits[other] = dict(splits[s])
         return {
             "name": self.name,
             "num_classes": self.num_classes,
@@ -115,6 +124,7 @@ def read_info(root_or_url: str) -> DatasetInfo:
                 shard_lengths=tuple(_count(n, f"{url}: splits.{name}.shard_lengths") for n in s["shard_lengths"]),
             )
             for name, s in data["splits"].items()
+            if not _is_alias(name, s, data["splits"])
         }
         class_names = tuple(data.get("class_names", ()))
         num_classes = _count(data.get("num_classes", len(class_names)), f"{url}: num_classes")
@@ -162,6 +172,12 @@ def _count(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**40:
         raise ValueError(f"{where} must be a whole number of samples/classes, got {value!r}")
     return value
+
+
+def _is_alias(key: str, entry: Any, splits: dict[str, Any]) -> bool:
+    # The validation split's second entry (written by to_json): its `name` is the other key.
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return name != key and name == alias_of(key) and name in splits
 
 
 def write_info(info: DatasetInfo) -> str:

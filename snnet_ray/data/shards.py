@@ -1,4 +1,4 @@
-"""Writing webdataset shards: `{split}-{000000..}.tar` holding `KEY.jpg|png|webp` + `KEY.cls`.
+"""Writing webdataset shards: `{split}-{000000..}.tar` (`train`, `validation`) holding `KEY.jpg|png|webp` + `KEY.cls`.
 
 Every image keeps its original bytes; its extension follows what the bytes are (see `images.py`).
 Keys have no dots (webdataset splits a member name at the first dot). The train split is shuffled
@@ -35,6 +35,7 @@ from typing import Any
 from .images import image_extension
 from .info import INFO_NAME, DatasetInfo, SplitInfo, write_info
 from .resume import ShardResult, end_plan, finished_shards, locked, read_json, record_progress, start_plan
+from .splits import VAL_SPLIT, canonical_splits
 from .storage import is_local, local_path
 
 __all__ = ["ImageRecord", "ShardSummary", "check_out_dir", "shard_name", "write_shards"]
@@ -116,12 +117,20 @@ def write_shards(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    val_name: str = VAL_SPLIT,
 ) -> ShardSummary:
     """Write `splits` (records in a fixed order) as shards into the local directory `out`.
 
     The train split is shuffled with `seed`; `workers` > 1 writes shards in that many processes.
+    The validation split (`val` or `validation` in `splits`) is written as `val_name`: timm's
+    `validation` by default, and `_info.json` lists it under both names (splits.py).
     """
     out = check_out_dir(out, shard_size, workers)
+    if val_name != "val" and _holds_val_named_set(out):
+        # Shards written before `validation` became the default: our loaders and timm read them as they
+        # are, so a rerun keeps (or resumes) that set instead of refusing it as different settings.
+        val_name = "val"
+    splits = canonical_splits(splits, val_name)
     for split in splits:
         if not re.fullmatch(r"[A-Za-z0-9_]+", split):
             raise ValueError(f"split names may hold letters, digits and '_' only, got '{split}'")
@@ -142,6 +151,15 @@ def write_shards(
         write_info(info)
         end_plan(out)
     return _summary(out, info, plan, done, written, time.perf_counter() - start)
+
+
+def _holds_val_named_set(out: str) -> bool:
+    info = read_json(os.path.join(out, INFO_NAME)) if os.path.isdir(out) else None
+    splits = info.get("splits") if isinstance(info, dict) else None
+    # The real entry is `val` (name "val"); a `validation` entry, if any, is its alias (to_json).
+    val = splits.get("val") if isinstance(splits, dict) else None
+    alias = splits.get("validation") if isinstance(splits, dict) else None
+    return isinstance(val, dict) and val.get("name") == "val" and (alias is None or alias == val)
 
 
 def check_out_dir(out: str, shard_size: int = 1, workers: int = 1) -> str:

@@ -154,6 +154,10 @@ def _evaluate_part_impl(request: EvalRequest, config_ids: list[int], todo: list[
     from snnet_ray.results import connect
     from snnet_ray.stitching.saving import load_snnet
 
+    if request.use_gpu:  # a GPU task on a node whose driver cannot run torch's CUDA fails here, with the fix
+        from snnet_ray.cuda_check import check_cuda
+
+        check_cuda()
     device = torch.device("cuda" if request.use_gpu and torch.cuda.is_available() else "cpu")
     results = connect(request.results)
     # A retried task skips what an earlier attempt already recorded.
@@ -197,6 +201,10 @@ def _measure_latency_impl(request: EvalRequest, batch_size: int) -> tuple[str, d
     from snnet_ray.stitching import measure_latency
     from snnet_ray.stitching.saving import load_snnet
 
+    if request.use_gpu:
+        from snnet_ray.cuda_check import check_cuda
+
+        check_cuda()
     on_gpu = request.use_gpu and torch.cuda.is_available()
     model = load_snnet(request.model_dir, device="cuda" if on_gpu else "cpu").eval()
     ids = request.config_ids if request.config_ids is not None else [c.id for c in model.configs]

@@ -9,9 +9,11 @@ one is answered with 422 and a message naming each bad field.
     PUT  /api/runs/{run}/configs         [ConfigInfo]             names, kinds, GMACs, params
     POST /api/evals                      [EvalRecord]             partial counts per shard (upsert)
     PUT  /api/latency                    [LatencyRecord]          latency per config and device
+    PUT  /api/network                    [NetworkRecord]          each worker's network check at start
     GET  /api/runs                       [RunSummary]
     GET  /api/runs/{run}                 RunSummary
     GET  /api/runs/{run}/checkpoints     [str]
+    GET  /api/runs/{run}/network         [NetworkRecord]          transport and bus bandwidth per worker
     GET  /api/runs/{run}/shards          {shard: configs}         ?checkpoint=
     GET  /api/runs/{run}/records         [EvalRecord]             ?checkpoint=
     GET  /api/runs/{run}/table           ResultsTable             ?checkpoint=
@@ -55,6 +57,7 @@ from snnet_ray.results.schema import (
     ErrorBody,
     EvalRecord,
     LatencyRecord,
+    NetworkRecord,
     ResultsAuthError,
     ResultsNotFound,
     ResultsTable,
@@ -137,6 +140,10 @@ def create_app(store: ResultsStore | LocalResults, token: str | None = None) -> 
     def put_latency(records: Annotated[list[LatencyRecord], Body(max_length=MAX_BATCH)]) -> dict[str, int]:
         return {"latencies": results.store.put_latency(records)}
 
+    @app.put("/api/network", dependencies=writer, responses=_WRITE_ERRORS)
+    def put_network(records: Annotated[list[NetworkRecord], Body(max_length=MAX_BATCH)]) -> dict[str, int]:
+        return {"network": results.store.put_network(records)}
+
     # ---- reads -----------------------------------------------------------------------------
 
     @app.get("/api/runs")
@@ -146,6 +153,10 @@ def create_app(store: ResultsStore | LocalResults, token: str | None = None) -> 
     @app.get("/api/runs/{run}")
     def get_run(run: RunPath) -> RunSummary:
         return results.get_run(run)
+
+    @app.get("/api/runs/{run}/network")
+    def network(run: RunPath) -> list[NetworkRecord]:
+        return results.network(run)
 
     @app.get("/api/runs/{run}/checkpoints")
     def checkpoints(run: RunPath) -> list[str]:

@@ -25,6 +25,7 @@ from snnet_ray.results.schema import (
     ConfigInfo,
     ConfigResult,
     EvalRecord,
+    NetworkRecord,
     ResultsAuthError,
     ResultsNotFound,
     ResultsTable,
@@ -107,7 +108,14 @@ class ResultsClient:
         body = [r.model_dump(mode="json") for r in _latency(run, device, latency_ms)]
         return self._request("PUT", "/api/latency", json=body).json()["latencies"]
 
+    def put_network(self, records: Iterable[NetworkRecord | Mapping[str, Any]]) -> int:
+        body = [NetworkRecord.model_validate(r).model_dump(mode="json") for r in records]
+        return self._request("PUT", "/api/network", json=body).json()["network"]
+
     # ---- reads -----------------------------------------------------------------------------
+
+    def network(self, run: str) -> list[NetworkRecord]:
+        return [NetworkRecord.model_validate(r) for r in self._get(f"/api/runs/{_q(run)}/network")]
 
     def runs(self) -> list[RunSummary]:
         return [RunSummary.model_validate(r) for r in self._get("/api/runs")]

@@ -22,6 +22,7 @@ from snnet_ray.results.schema import (
     ConfigResult,
     EvalRecord,
     LatencyRecord,
+    NetworkRecord,
     ResultsTable,
     RunInfo,
     RunSummary,
@@ -78,7 +79,15 @@ class LocalResults:
         """Record measured latency (ms) per config id on one device."""
         return self.store.put_latency(_latency(run, device, latency_ms))
 
+    def put_network(self, records: Iterable[NetworkRecord | Mapping[str, Any]]) -> int:
+        """Record what workers measured of the network (transport, bus bandwidth) at start."""
+        return self.store.put_network([NetworkRecord.model_validate(r) for r in records])
+
     # ---- reads -----------------------------------------------------------------------------
+
+    def network(self, run: str) -> list[NetworkRecord]:
+        """The run's network checks, one per worker."""
+        return self.store.network(run)
 
     def runs(self) -> list[RunSummary]:
         return self.store.runs()

@@ -41,6 +41,7 @@ __all__ = [
     "EvalRecord",
     "FrontierSummary",
     "LatencyRecord",
+    "NetworkRecord",
     "ResultsAuthError",
     "ResultsNotFound",
     "ResultsTable",
@@ -217,6 +218,34 @@ class LatencyRecord(_Model):
     config_id: ConfigId
     device: DeviceName = Field(description='e.g. "h200-bf16-b128" or "cpu"')
     latency_ms: float = Field(gt=0, le=MAX_LATENCY_MS, allow_inf_nan=False)
+
+
+class NetworkRecord(_Model):
+    """What one training worker measured of the network at start (train/network_check.py).
+
+    Gradient sync is an all-reduce per step: a run whose NCCL fell back to TCP sockets between nodes
+    trains several times slower, and this record is where that shows up next to the run.
+    """
+
+    run: RunName
+    worker: Annotated[str, Field(max_length=MAX_LABEL), _labelled("worker")] = Field(description='"rank3"')
+    host: str = Field(default="", max_length=200)
+    backend: str = Field(max_length=32, description="nccl, gloo, ...")
+    nccl_version: str | None = Field(default=None, max_length=32)
+    driver: str | None = Field(default=None, max_length=32, description="NVIDIA driver of the node (GPU workers)")
+    transport: str = Field(
+        max_length=64, description="between nodes: EFA, IB, Socket, ... as NCCL reported it; 'local' on one node"
+    )
+    transports: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=32, description="every transport NCCL logged (P2P/IPC, SHM, NET/...)"
+    )
+    world_size: int = Field(ge=1, le=1_000_000)
+    nodes: int = Field(ge=1, le=1_000_000)
+    message_bytes: int = Field(ge=0, le=1 << 40, description="all-reduce probe size")
+    seconds: float = Field(ge=0, le=1e6, allow_inf_nan=False, description="per all-reduce, mean over the probe")
+    bus_bw_gbps: float = Field(ge=0, le=1e6, allow_inf_nan=False, description="nccl-tests' bus bandwidth, GB/s")
+    warnings: list[Annotated[str, Field(max_length=500)]] = Field(default_factory=list, max_length=20)
+    time: Timestamp | None = None
 
 
 class RunInfo(_Model):

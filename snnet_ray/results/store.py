@@ -51,6 +51,7 @@ from snnet_ray.results.schema import (
     ConfigResult,
     EvalRecord,
     LatencyRecord,
+    NetworkRecord,
     ResultsNotFound,
     ResultsTable,
     RunInfo,
@@ -112,6 +113,16 @@ latency_table = Table(
     Column("config_id", Integer, primary_key=True),
     Column("device", String(200), primary_key=True),
     Column("latency_ms", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+)
+
+# One row per (run, worker): what each training worker measured of the network at start.
+network_table = Table(
+    "network",
+    metadata,
+    Column("run", String(200), primary_key=True),
+    Column("worker", String(200), primary_key=True),
+    Column("record", JSON, nullable=False),
     Column("updated", Float, nullable=False),
 )
 
@@ -192,7 +203,30 @@ class ResultsStore:
             _upsert(conn, latency_table, rows, ("run", "config_id", "device"))
         return len(rows)
 
+    def put_network(self, records: Iterable[NetworkRecord]) -> int:
+        """Upsert network checks by (run, worker): a restarted worker replaces its record."""
+        now = time.time()
+        latest = {(r.run, r.worker): r for r in records}
+        if not latest:
+            return 0
+        rows = [{"run": k[0], "worker": k[1], "record": latest[k].model_dump(mode="json"), "updated": now}
+                for k in sorted(latest)]
+        with self._writer.begin() as conn:
+            self._ensure_runs(conn, sorted({r["run"] for r in rows}))
+            _upsert(conn, network_table, rows, ("run", "worker"))
+        return len(rows)
+
     # ---- reads -----------------------------------------------------------------------------
+
+    def network(self, run: str) -> list[NetworkRecord]:
+        """The run's network checks, one per worker, in worker order."""
+        n = network_table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(n.worker, n.record).where(n.run == run)).all()
+            if not rows and not self._run_exists(conn, run):
+                raise self._unknown_run(run, conn)
+        records = [NetworkRecord.model_validate(record) for _, record in rows]
+        return sorted(records, key=lambda r: (len(r.worker), r.worker))  # rank2 before rank10
 
     def runs(self) -> list[RunSummary]:
         """Every run, newest first, with its checkpoints and the best top-1 of the latest one."""

@@ -57,6 +57,10 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.dist = dist
         checkpoint = ray.train.get_checkpoint()
+        # 1b. the node's CUDA driver and the network the gradient all-reduce runs over: the first collective
+        from snnet_ray.train.network_check import startup_check
+
+        self.network = startup_check(self.device, run=run, results_url=results_url, use_gpu=cfg.scaling.use_gpu)
 
         # 2. model: identical initial weights on every rank (same seed), pretrained anchors from files
         torch.manual_seed(cfg.seed)
