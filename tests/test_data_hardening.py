@@ -35,7 +35,7 @@ def _write(out, labels: dict[str, list[int]], classes=("a", "b")) -> None:
 def test_info_names_cannot_leave_the_root_or_reach_a_shell(tmp_path, name):
     _write(tmp_path, {"train": [0, 1, 0, 1], "val": [0, 1]})
     info = json.loads((tmp_path / "_info.json").read_text())
-    info["splits"]["val"]["filenames"] = [name]
+    info["splits"]["validation"]["filenames"] = [name]
     (tmp_path / "_info.json").write_text(json.dumps(info))
     for root in (str(tmp_path), f"pipe:cat {tmp_path}"):
         with pytest.raises(ValueError, match="is not a shard file name"):
@@ -48,7 +48,7 @@ def test_info_names_cannot_leave_the_root_or_reach_a_shell(tmp_path, name):
 def test_pipe_roots_quote_shard_names(tmp_path):
     _write(tmp_path, {"train": [0, 1, 0, 1], "val": [0, 1]})
     info = read_info(f"pipe:cat {tmp_path}")
-    assert info.urls("val") == [f"pipe:cat {tmp_path}/val-000000.tar"]  # safe names need no quotes
+    assert info.urls("val") == [f"pipe:cat {tmp_path}/validation-000000.tar"]  # safe names need no quotes
     assert shard_url("pipe:aws s3 cp s3://b/x", "sub/val=1.tar") == "pipe:aws s3 cp s3://b/x/sub/val=1.tar"
     cfg = DataConfig(f"pipe:cat {tmp_path}", **SMALL)
     assert sum(len(b.keys) for b in build_val_loader(cfg, rank=0, world_size=1)) == 2
@@ -57,7 +57,7 @@ def test_pipe_roots_quote_shard_names(tmp_path):
 def test_bad_counts_in_info_are_refused(tmp_path):
     _write(tmp_path, {"train": [0, 1, 0, 1], "val": [0, 1]})
     info = json.loads((tmp_path / "_info.json").read_text())
-    info["splits"]["val"]["shard_lengths"] = [-5]
+    info["splits"]["validation"]["shard_lengths"] = [-5]
     (tmp_path / "_info.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="shard_lengths must be a whole number"):
         read_info(str(tmp_path))
@@ -74,7 +74,7 @@ def test_labels_outside_num_classes_are_skipped_in_training_and_stop_validation(
     assert loader.skipped >= 1
     assert "skipped sample train_3 in train-00000" in caplog.text
     assert "label 7 is outside [0, 2)" in caplog.text
-    with pytest.raises(CorruptShardError, match=r"shard val-000000.tar, key val_1: label 7 is outside \[0, 2\)"):
+    with pytest.raises(CorruptShardError, match=r"shard validation-000000.tar, key val_1: label 7 is outside \[0, 2\)"):
         list(build_val_loader(cfg, rank=0, world_size=1))
 
 
@@ -107,10 +107,10 @@ def test_a_shard_of_only_corrupt_images_is_not_written(tmp_path):
     for i in range(2):  # val/b holds only broken files: with 2 per shard, val-000001 would be empty
         (src / "val" / "b" / f"b{i}.png").write_bytes(b"not an image")
     summary = write_imagefolder_shards(str(src), str(out), shard_size=2, workers=1, progress=False)
-    assert not (out / "val-000001.tar").exists()
+    assert not (out / "validation-000001.tar").exists()
     info = read_info(str(out))
-    assert info.split("val").filenames == ("val-000000.tar",) and info.split("val").num_samples == 2
-    assert summary.splits["val"] == {"images": 2, "shards": 1} and len(summary.corrupt) == 2
+    assert info.split("val").filenames == ("validation-000000.tar",) and info.split("val").num_samples == 2
+    assert summary.splits["validation"] == {"images": 2, "shards": 1} and len(summary.corrupt) == 2
     # A rerun finds it finished: nothing is written again.
     again = write_imagefolder_shards(str(src), str(out), shard_size=2, workers=1, progress=False)
     assert again.written_shards == 0
