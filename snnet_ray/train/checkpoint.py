@@ -321,6 +321,27 @@ def _moment_keys(engine: DeepSpeedEngine) -> tuple[str, ...]:
     return ("exp_avg", "exp_avg_sq")  # AdamW, before its first step
 
 
+def _link_moments(engine: DeepSpeedEngine) -> None:
+    """Point every parameter's fragment at its optimizer moments, in every parameter group.
+
+    DeepSpeed 0.19 links them once, right after the optimizer steps the *first* group (ZeRO-1/2
+    step one group at a time), so the moments of later groups (the SNNet has several: anchors and
+    stitching layers, with and without weight decay) stay unlinked and `safe_get_full_optimizer_state`
+    fails for them. DeepSpeed's own linking function, called per group once the states exist, fixes that.
+    """
+    from deepspeed.utils.mixed_precision_linkage import lazy_init_hp_params_optimizer_state
+
+    opt = engine.optimizer
+    lp = getattr(opt, "bit16_groups", None) or getattr(opt, "bf16_groups", None)  # ZeRO-1/2, bf16 (no ZeRO)
+    hp = getattr(opt, "single_partition_of_fp32_groups", None) or getattr(opt, "fp32_groups_flat_partition", None)
+    if lp is None or hp is None:
+        return  # no ZeRO-1/2 and no bf16 wrapper: the torch optimizer holds the parameters themselves
+    state = _torch_optimizer(engine).state
+    for lp_params, flat in zip(lp, hp):
+        if flat in state and state[flat]:
+            lazy_init_hp_params_optimizer_state(lp_params, flat, state)
+
+
 def _full_param(p: torch.nn.Parameter) -> torch.Tensor:
     from deepspeed.utils import safe_get_full_fp32_param
 
@@ -343,6 +364,7 @@ def _engine_tensors(engine: DeepSpeedEngine) -> tuple[dict[str, torch.Tensor], d
     from snnet_ray.train.engine import unwrap
 
     module = unwrap(engine)
+    _link_moments(engine)
     keys = _moment_keys(engine)
     opt = _torch_optimizer(engine)
     tensors: dict[str, torch.Tensor] = {}
@@ -393,6 +415,7 @@ def _set_engine_tensors(engine: DeepSpeedEngine, loaded: Mapping[str, torch.Tens
     from snnet_ray.train.engine import unwrap
 
     module = unwrap(engine)
+    _link_moments(engine)
     opt = _torch_optimizer(engine)
     keys = _moment_keys(engine)
     params = dict(module.named_parameters())
@@ -469,6 +492,8 @@ _ALLOWED_GLOBALS = {
     ("torch", "int64"), ("torch", "int32"), ("torch", "int8"), ("torch", "uint8"), ("torch", "bool"),
     ("torch", "strided"), ("torch", "contiguous_format"), ("torch", "channels_last"),
     ("torch", "preserve_format"),
+    ("torch.serialization", "_get_layout"),  # maps a layout's name to torch.strided etc.
+    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),  # the checkpoint id DCP records
     ("collections", "OrderedDict"),
     ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "getattr"),
 }  # fmt: skip
