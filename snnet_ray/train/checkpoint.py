@@ -338,7 +338,7 @@ def _link_moments(engine: DeepSpeedEngine) -> None:
         return  # no ZeRO-1/2 and no bf16 wrapper: the torch optimizer holds the parameters themselves
     state = _torch_optimizer(engine).state
     for lp_params, flat in zip(lp, hp):
-        if flat in state and state[flat]:
+        if state.get(flat):
             lazy_init_hp_params_optimizer_state(lp_params, flat, state)
 
 

@@ -11,7 +11,6 @@ input size, ZeRO-3 without a synchronized sampler, batch sizes, and workers the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -48,26 +47,16 @@ class ExperimentOutcome:
         return f"{self.results_url}/runs/{self.run}" if self.results_url.startswith("http") else None
 
 
-def local_weights(pretrained: Any, cache_dir: str | Path = "~/.cache/snnet-ray/weights") -> Any:
-    """`model.pretrained` with object-store URLs (s3://, gs://, https://) downloaded to a local cache."""
+def local_weights(pretrained: Any, cache_dir: str | Path | None = None) -> Any:
+    """`model.pretrained` with object-store URLs (s3://, gs://, https://) replaced by this node's copy.
+
+    Call it where the weights are read (every worker): each node downloads each file once
+    (`snnet_ray.data.node_cache.fetch_to_node`); the driver passes the URLs on untouched."""
     if not isinstance(pretrained, list):
         return pretrained
-    from snnet_ray.data.storage import open_url
+    from snnet_ray.data.node_cache import fetch_to_node, is_remote
 
-    out = []
-    for item in pretrained:
-        if isinstance(item, str) and "://" in item and not item.startswith("file://"):
-            target = Path(cache_dir).expanduser() / hashlib.sha256(item.encode()).hexdigest()[:16] / Path(item).name
-            if not target.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(".part")
-                with open_url(item) as src, open(tmp, "wb") as dst:
-                    while chunk := src.read(1 << 24):
-                        dst.write(chunk)
-                tmp.rename(target)
-            item = str(target)
-        out.append(item)
-    return out
+    return [str(fetch_to_node(item, cache_dir)) if is_remote(item) else item for item in pretrained]
 
 
 def validate_experiment(cfg: ExperimentConfig, check_cluster: bool = True) -> Any:
@@ -130,15 +119,15 @@ def build_trainer(
     from snnet_ray.train.trainer import train_loop_per_worker
 
     s = cfg.scaling
-    experiment = cfg.to_dict()
-    experiment["model"]["pretrained"] = local_weights(cfg.model.pretrained)
+    experiment = cfg.to_dict()  # weight URLs stay URLs: each worker's node fetches its own copy
     storage = storage_path or cfg.run.storage_path
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": experiment, "results_url": results_url, "run": run},
-        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        # NCCL for CUDA tensors and gloo for CPU ones (checkpoint plans, small control messages).
+        torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if s.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=s.num_workers,
             use_gpu=s.use_gpu,
