@@ -60,6 +60,8 @@ __all__ = [
     "TrainProgress",
     "load_checkpoint",
     "load_states",
+    "read_tensors",
+    "read_train_state",
     "report_checkpoint",
     "restore_checkpoint",
     "save_checkpoint",
@@ -246,6 +248,28 @@ def restore_checkpoint(
     with checkpoint.as_directory() as directory:
         load_checkpoint(engine, states, directory)
     return True
+
+
+def read_tensors(directory: str | Path, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors whose names start with `prefix` (prefix removed), on the CPU, in one
+    process: e.g. the SNNet's fp32 weights (`model.`) or AdamW's moments (`optim.exp_avg.`)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = _safe_reader(str(Path(directory, DCP_DIR)))
+    entries = reader.read_metadata().state_dict_metadata
+    template = {
+        key: torch.empty(meta.size, dtype=meta.properties.dtype)
+        for key, meta in entries.items()
+        if isinstance(meta, TensorStorageMetadata) and key.startswith(prefix)
+    }
+    dcp.load(template, storage_reader=_safe_reader(str(Path(directory, DCP_DIR))), no_dist=True)
+    return {key[len(prefix) :]: value for key, value in template.items()}
+
+
+def read_train_state(directory: str | Path) -> dict[str, Any]:
+    """The shared training state of a checkpoint (progress, sampler, schedule), as plain data."""
+    return json.loads(Path(directory, STATE_DIR, STATE_FILE).read_text())
 
 
 # -- plain states --------------------------------------------------------------------------------------
