@@ -148,6 +148,9 @@ def train_and_resume(check: Check) -> dict[str, Any]:
         f"scaling.use_gpu={str(check.device.type == 'cuda').lower()}",
         "scaling.num_workers=1",
         "deepspeed.zero_stage=2",
+        "optim.lr=5e-4",
+        "schedule.lr_reference_batch=null",
+        "schedule.warmup_epochs=0",
         f"deepspeed.micro_batch_size={check.batch}",
         "deepspeed.global_batch_size=null",
         f"run.storage_path={check.work / 'runs'}",
@@ -345,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         ("total seconds", total),
     ]  # fmt: skip
     for name, value in rows:
-        print(f"{name:<34} {value if value is None else f'{value:10.1f}':>10}")
+        print(f"{name:<34} {'-' if value is None else f'{value:.1f}':>10}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
