@@ -175,15 +175,14 @@ def run_experiment(cfg: ExperimentConfig, *, run: str | None = None, trial: dict
 
 
 def fit_recorded(trainer: Any, results: Any, run: str, experiment: dict[str, Any]) -> tuple[Any, str | None]:
-    """`trainer.fit()`, marking the run failed in the results service if it raises.
+    """`trainer.fit()`, marking the run failed in the results service if it raises, stopped on SIGTERM.
 
     Returns (Ray's Result, the last checkpoint's path) and records the checkpoint's SNNet as
     `experiment["model_dir"]`, which `snnet-ray export --run` finds."""
-    try:
+    from snnet_ray.train.status import recorded_status
+
+    with recorded_status(results, run):  # failed, or stopped by `ray job stop` (SIGTERM)
         result = trainer.fit()
-    except Exception:
-        results.register_run(run, status="failed")
-        raise
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
     if checkpoint is not None:
         experiment["model_dir"] = f"{checkpoint}/model"

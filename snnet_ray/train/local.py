@@ -105,10 +105,16 @@ def run_local(
         procs.append(
             subprocess.Popen([sys.executable, "-m", "snnet_ray.train.local", "--payload", str(payload)], env=env)
         )
-    codes = _wait_all(procs, timeout_s)
-    if any(codes):
-        results.register_run(run, status="failed")
-        raise RuntimeError(f"local training run {run} failed: worker exit codes {codes}")
+    from snnet_ray.train.status import recorded_status
+
+    with recorded_status(results, run):  # failed, or stopped (SIGTERM, Ctrl-C: the workers are stopped too)
+        try:
+            codes = _wait_all(procs, timeout_s)
+        except BaseException:
+            _stop_all(procs)
+            raise
+        if any(codes):
+            raise RuntimeError(f"local training run {run} failed: worker exit codes {codes}")
     checkpoint = latest_checkpoint(directory)
     if checkpoint is not None:
         experiment["model_dir"] = str(checkpoint / "model")
@@ -177,16 +183,20 @@ def _wait_all(procs: list[subprocess.Popen], timeout_s: float | None) -> list[in
         if all(c is not None for c in codes):
             return [int(c) for c in codes]  # type: ignore[arg-type]
         if any(c not in (None, 0) for c in codes) or (deadline is not None and time.monotonic() > deadline):
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            _stop_all(procs)
             return [p.returncode if p.returncode is not None else -9 for p in procs]
         time.sleep(0.2)
+
+
+def _stop_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 if __name__ == "__main__":
