@@ -118,6 +118,9 @@ def build_trainer(
 
     from snnet_ray.train.trainer import train_loop_per_worker
 
+    # Ray Train's dashboard (/api/train/v2/runs) lists runs only with state tracking on; a
+    # runtime env or the caller's environment may still turn it off explicitly.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     s = cfg.scaling
     experiment = cfg.to_dict()  # weight URLs stay URLs: each worker's node fetches its own copy
     storage = storage_path or cfg.run.storage_path
