@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -71,8 +72,11 @@ def test_ray_job_submit_trains_tiny_digits(tmp_path):
 def _dashboard_runs(address: str, env: dict[str, str]) -> list:
     token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
     request = urllib.request.Request(f"{address}/api/train/v2/runs/v1", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read()).get("train_runs", [])
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read()).get("train_runs", [])
+    except urllib.error.HTTPError as err:
+        raise AssertionError(f"Ray Train's dashboard API answered {err.code}: {err.read().decode()[:2000]}") from None
 
 
 def _submit_and_stop(address: str, env: dict[str, str], digits: Path, tmp_path: Path) -> str | None:
