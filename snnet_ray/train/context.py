@@ -66,7 +66,11 @@ class WorkerContext:
 
 
 class RayContext(WorkerContext):
-    def __init__(self, use_gpu: bool) -> None:
+    """A Ray Train worker. `run_dir`: the run's local (or shared) directory, where a run started by the
+    local launcher left its checkpoints; used when Ray has none of its own to resume from."""
+
+    def __init__(self, use_gpu: bool, run_dir: str | Path | None = None) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         import ray.train
         import ray.train.torch
 
@@ -84,8 +88,8 @@ class RayContext(WorkerContext):
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            yield None
+        if checkpoint is None:  # perhaps a run the local launcher started: same layout, same place
+            yield latest_checkpoint(self.run_dir) if self.run_dir is not None else None
             return
         with checkpoint.as_directory() as directory:
             yield Path(directory)

@@ -55,7 +55,9 @@ class Trainer:
         if context is None:
             from snnet_ray.train.context import RayContext
 
-            context = RayContext(cfg.scaling.use_gpu)
+            storage = cfg.run.storage_path
+            run_dir = None if "://" in storage else Path(storage).expanduser() / run
+            context = RayContext(cfg.scaling.use_gpu, run_dir=run_dir)
         self.cfg, self.run, self.results_url = cfg, run, results_url
         # 1. distributed context and device (the launcher's: Ray's get_device(), or LOCAL_RANK)
         self.ctx = context
