@@ -154,3 +154,11 @@ def test_killed_worker_resumes_from_checkpoint_and_a_rerun_continues(digits, tmp
     final = results.records("fault", "final")
     assert len(final) == 33 * 3  # re-evaluated after more training: replaced, not added
     assert min(r.time for r in final) > max(r.time for r in records)
+
+    # the local launcher (no Ray) continues the Ray run from its checkpoint, on one worker
+    from snnet_ray.train.local import run_local
+
+    local = _cfg(digits, tmp_path, *QUICK, "schedule.max_steps=11", "eval.final=false", "eval.configs=anchors")
+    run_local(local, 1, run="fault")
+    state = read_train_state(tmp_path / "runs" / "fault" / "step_00000011")["states"]
+    assert state["progress"]["step"] == 11 and state["progress"]["samples"] == 10 * global_batch + 32

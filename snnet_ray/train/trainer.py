@@ -7,7 +7,7 @@ restore; `train()` is the loop:
 
     for each micro-step: config = sampler.sample(micro_step); select it; forward; backward; step
     every log_every steps:        all-reduced metrics, one log line, the context's report (Ray's or a file)
-    every checkpoint_every steps: DeepSpeed checkpoint + train state + the SNNet (model/) reported
+    every checkpoint_every steps: resharding checkpoint (every rank a share) + the SNNet (model/, rank 0)
     every eval.every_steps:       one-pass evaluation of the chosen configs on the first shards
     at the end:                   final checkpoint, every config on the full validation set
 
