@@ -75,6 +75,7 @@ class RayContext(WorkerContext):
         import ray.train.torch
 
         check_device(use_gpu)
+        _quiet_ray_reports()
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.local_rank = ctx.get_local_rank()
@@ -160,6 +161,18 @@ class LocalContext(WorkerContext):
             return
         for old in _checkpoints(self.run_dir)[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _quiet_ray_reports() -> None:
+    """Ray Train 2.60 logs every report's whole metrics dict (per-config counts included) at INFO from
+    every rank into the job's log; the trainer's own line per log step says what matters."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context as ray_train_context
+    except ImportError:  # another Ray layout: nothing to quieten
+        return
+    logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
