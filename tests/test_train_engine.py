@@ -85,5 +85,3 @@ def test_checkpoint_index_is_read_without_unpickling_arbitrary_objects(tmp_path)
     hostile = pickle.dumps(os.system)  # what a tampered `.metadata` could hold
     with pytest.raises(pickle.UnpicklingError, match="posix.system"):
         _MetadataUnpickler(io.BytesIO(hostile)).load()
-
-
