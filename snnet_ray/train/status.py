@@ -27,19 +27,20 @@ class RunStopped(SystemExit):
 def recorded_status(results: Any, run: str) -> Iterator[None]:
     """Mark `run` stopped (SIGTERM, Ctrl-C) or failed (any other exception) when the block ends so."""
     previous = None
+    signalled: list[int] = []
     if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
 
         def stop(signum: int, frame: Any) -> None:
+            signalled.append(signum)
             raise RunStopped(128 + signum)
 
         previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
-    except (RunStopped, KeyboardInterrupt):
-        _mark(results, run, "stopped")
-        raise
-    except BaseException:
-        _mark(results, run, "failed")
+    except BaseException as err:
+        # Ray may wrap the interruption in its own error: the signal, not the type, says "stopped".
+        stopped = bool(signalled) or isinstance(err, (RunStopped, KeyboardInterrupt))
+        _mark(results, run, "stopped" if stopped else "failed")
         raise
     finally:
         if previous is not None:
