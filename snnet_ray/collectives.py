@@ -19,6 +19,8 @@ __all__ = [
     "all_reduce",
     "barrier",
     "broadcast",
+    "broadcast_json",
+    "default_device",
     "is_distributed",
     "rank",
     "world_size",
@@ -36,6 +38,14 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+def default_device() -> torch.device:
+    """The device this worker's collectives run on: its GPU when the process group serves CUDA
+    tensors (NCCL, alone or as in Ray's "cpu:gloo,cuda:nccl"), else the CPU."""
+    if is_distributed() and torch.cuda.is_available() and "nccl" in str(dist.get_backend()).lower():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def all_reduce(tensor: torch.Tensor, device: torch.device | str | None = None, op: str = "sum") -> torch.Tensor:
@@ -82,3 +92,20 @@ def barrier(device: torch.device | str | None = None) -> None:
         dist.barrier(device_ids=[dev.index if dev.index is not None else torch.cuda.current_device()])
     else:
         dist.barrier()
+
+
+def broadcast_json(obj: object, src: int = 0, device: torch.device | str | None = None) -> object:
+    """Rank `src`'s JSON-serialisable `obj` (e.g. a list of shard names) on every rank: sent as
+    UTF-8 bytes in a uint8 tensor on `device`, so nothing is pickled and NCCL can carry it."""
+    if not is_distributed():
+        return obj
+    import json
+
+    dev = torch.device(device) if device is not None else default_device()
+    payload = json.dumps(obj).encode() if rank() == src else b""
+    size = broadcast(torch.tensor([len(payload)], dtype=torch.int64, device=dev), src=src)
+    data = torch.zeros(int(size.item()), dtype=torch.uint8, device=dev)
+    if rank() == src:
+        data.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+    data = broadcast(data, src=src)
+    return json.loads(bytes(data.cpu().tolist()).decode())

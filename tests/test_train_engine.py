@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import random
 
 import pytest
@@ -45,7 +47,7 @@ def test_only_zero_1_and_2_with_per_rank_configs_need_ordering():
     assert not any(needs_ordered_gradients(stage, True) for stage in range(4))
 
 
-def test_states_round_trip_per_rank(tmp_path):
+def test_states_round_trip_as_json_and_tensors(tmp_path):
     progress = TrainProgress(step=7, micro_step=14, epoch=1, samples=448)
     sampler = build_sampler("balanced", [1.0, 1.02, 2.0], world_size=2, rank=0, seed=3)
     for step in range(14):
@@ -54,6 +56,9 @@ def test_states_round_trip_per_rank(tmp_path):
     torch.manual_seed(5)
     save_states(tmp_path, {"progress": progress, "sampler": sampler, "rng": RandomState()})
     expected_draws = (random.random(), torch.rand(3))
+    # nothing to unpickle: the shared state is JSON, the rank's generators tensors and plain data
+    assert json.loads((tmp_path / "train_state" / "state.json").read_text())["states"]["progress"]["step"] == 7
+    torch.load(tmp_path / "train_state" / "rank_0.pt", weights_only=True)
 
     restored = TrainProgress()
     restored_sampler = build_sampler("balanced", [1.0, 1.02, 2.0], world_size=2, rank=0, seed=3)
@@ -62,6 +67,21 @@ def test_states_round_trip_per_rank(tmp_path):
     assert restored_sampler.counts == sampler.counts
     assert random.random() == expected_draws[0]
     torch.testing.assert_close(torch.rand(3), expected_draws[1])
+    # another rank of a resized job starts with no counts of its own: the job's total stays the same
+    other = build_sampler("balanced", [1.0, 1.02, 2.0], world_size=3, rank=1, seed=3)
+    other.load_state_dict(sampler.state_dict())
+    assert other.counts == [0, 0, 0]
 
     with pytest.raises(ValueError, match=r"no state for \['data'\]"):
         load_states(tmp_path, {"data": TrainProgress()})
+
+
+def test_checkpoint_index_is_read_without_unpickling_arbitrary_objects(tmp_path):
+    import os
+    import pickle
+
+    from snnet_ray.train.checkpoint import _MetadataUnpickler
+
+    hostile = pickle.dumps(os.system)  # what a tampered `.metadata` could hold
+    with pytest.raises(pickle.UnpicklingError, match="posix.system"):
+        _MetadataUnpickler(io.BytesIO(hostile)).load()

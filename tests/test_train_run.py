@@ -17,10 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 import ray
-import torch
 
 from snnet_ray.data import write_digits_shards
 from snnet_ray.results import LocalResults
+from snnet_ray.train.checkpoint import read_train_state
 from snnet_ray.train.config import load_experiment
 from snnet_ray.train.launch import run_experiment, validate_experiment
 
@@ -141,7 +141,7 @@ def test_killed_worker_resumes_from_checkpoint_and_a_rerun_continues(digits, tmp
 
     steps = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "runs" / "fault").glob("step_*"))
     assert steps[-1] == 8
-    state = torch.load(Path(outcome.checkpoint) / "train_state" / "rank_0.pt", weights_only=False)
+    state = read_train_state(outcome.checkpoint)["states"]
     progress = state["progress"]
     global_batch = cfg.global_batch_size
     # every step counted once: samples and per-config draws match exactly 8 steps
@@ -153,8 +153,16 @@ def test_killed_worker_resumes_from_checkpoint_and_a_rerun_continues(digits, tmp
     # a rerun of the same run with more steps restores step 8 and trains only the rest
     longer = _cfg(digits, tmp_path, *QUICK, "schedule.max_steps=10", "eval.configs=anchors")
     outcome = run_experiment(longer, run="fault")
-    state = torch.load(Path(outcome.checkpoint) / "train_state" / "rank_0.pt", weights_only=False)
+    state = read_train_state(outcome.checkpoint)["states"]
     assert state["progress"]["step"] == 10 and state["progress"]["samples"] == 10 * global_batch
     final = results.records("fault", "final")
     assert len(final) == 33 * 3  # re-evaluated after more training: replaced, not added
     assert min(r.time for r in final) > max(r.time for r in records)
+
+    # the local launcher (no Ray) continues the Ray run from its checkpoint, on one worker
+    from snnet_ray.train.local import run_local
+
+    local = _cfg(digits, tmp_path, *QUICK, "schedule.max_steps=11", "eval.final=false", "eval.configs=anchors")
+    run_local(local, 1, run="fault")
+    state = read_train_state(tmp_path / "runs" / "fault" / "step_00000011")["states"]
+    assert state["progress"]["step"] == 11 and state["progress"]["samples"] == 10 * global_batch + 32

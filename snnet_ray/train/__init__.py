@@ -3,7 +3,9 @@
 The Ray Train worker loop assembles these parts: `SamplerConfig.build` (which config each rank
 trains), `build_optimizer` / `build_scheduler`, `DeepSpeedConfig` + `build_engine` (correct with
 ranks on different configs), `optimizer_step`, `SNNetLoss`, and `report_checkpoint` /
-`restore_checkpoint` over any `Stateful`. Names are imported on first use.
+`restore_checkpoint` (or `save_checkpoint` / `load_checkpoint`: resharding, any world size) over any
+`Stateful`; the worker runs under Ray (`RayContext`) or plain torch.distributed (`LocalContext`,
+`run_local`). Names are imported on first use.
 """
 
 from snnet_ray._lazy import lazy_exports
@@ -16,6 +18,12 @@ __all__, __getattr__ = lazy_exports(
         "TrainProgress": ".checkpoint",
         "report_checkpoint": ".checkpoint",
         "restore_checkpoint": ".checkpoint",
+        "save_checkpoint": ".checkpoint",
+        "load_checkpoint": ".checkpoint",
+        "read_tensors": ".checkpoint",
+        "LocalContext": ".context",
+        "RayContext": ".context",
+        "run_local": ".local",
         "DeepSpeedConfig": ".deepspeed_config",
         "OrderedGradients": ".engine",
         "build_engine": ".engine",

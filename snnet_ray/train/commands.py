@@ -55,6 +55,12 @@ def add_train_arguments(p: argparse.ArgumentParser, default_config: str | None =
         help="override a config field, e.g. --set optim.lr=1e-4 --set scaling.num_workers=8 (repeatable)",
     )
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="run without Ray: --nproc workers on this machine under torch.distributed (env:// rendezvous)",
+    )
+    p.add_argument("--nproc", type=int, default=None, help="workers of --local (default: scaling.num_workers)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument(
         "--validate",
@@ -122,6 +128,13 @@ def train_command(args: argparse.Namespace) -> int:
         return 0
     if getattr(args, "validate", False):
         return validate_command(cfg, args.address, args.json)
+    if getattr(args, "local", False):
+        from snnet_ray.train.local import run_local
+
+        outcome = run_local(cfg, args.nproc or cfg.scaling.num_workers)
+        return _print_outcome(args, outcome, page_url=None)
+    if getattr(args, "nproc", None):
+        raise SystemExit("--nproc applies to --local runs; on Ray set scaling.num_workers")
     import ray
 
     from snnet_ray.train.launch import run_experiment
@@ -129,11 +142,15 @@ def train_command(args: argparse.Namespace) -> int:
     if not ray.is_initialized():
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS"))
     outcome = run_experiment(cfg)
+    return _print_outcome(args, outcome, page_url=outcome.page_url)
+
+
+def _print_outcome(args: argparse.Namespace, outcome, page_url: str | None) -> int:
     where = {
         "run": outcome.run,
         "checkpoint": outcome.checkpoint,
         "results": outcome.results_url,
-        "page": outcome.page_url,
+        "page": page_url,
     }
     if args.json:
         json.dump(where, sys.stdout, indent=1)
@@ -146,8 +163,8 @@ def train_command(args: argparse.Namespace) -> int:
     print(f"\nrun:         {outcome.run}")
     print(f"checkpoint:  {outcome.checkpoint}")
     print(f"results:     {outcome.results_url}")
-    if outcome.page_url:
-        print(f"results page: {outcome.page_url}")
+    if page_url:
+        print(f"results page: {page_url}")
     return 0
 
 

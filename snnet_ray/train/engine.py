@@ -74,7 +74,8 @@ def build_engine(
     the engine after every optimizer step and saved in its checkpoints.
     """
     import deepspeed
-    import torch.distributed as dist
+
+    from snnet_ray import collectives
 
     if config.zero_stage == 3 and not synchronized:
         raise ValueError(
@@ -82,7 +83,7 @@ def build_engine(
             "use sampler.name='synchronized' or ZeRO stage 0-2"
         )
     if world_size is None:
-        world_size = dist.get_world_size() if dist.is_initialized() else 1
+        world_size = collectives.world_size()
     module = OrderedGradients(model) if needs_ordered_gradients(config.zero_stage, synchronized) else model
     engine, *_ = deepspeed.initialize(
         model=module,

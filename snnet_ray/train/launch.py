@@ -11,7 +11,6 @@ input size, ZeRO-3 without a synchronized sampler, batch sizes, and workers the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -48,26 +47,16 @@ class ExperimentOutcome:
         return f"{self.results_url}/runs/{self.run}" if self.results_url.startswith("http") else None
 
 
-def local_weights(pretrained: Any, cache_dir: str | Path = "~/.cache/snnet-ray/weights") -> Any:
-    """`model.pretrained` with object-store URLs (s3://, gs://, https://) downloaded to a local cache."""
+def local_weights(pretrained: Any, cache_dir: str | Path | None = None) -> Any:
+    """`model.pretrained` with object-store URLs (s3://, gs://, https://) replaced by this node's copy.
+
+    Call it where the weights are read (every worker): each node downloads each file once
+    (`snnet_ray.data.node_cache.fetch_to_node`); the driver passes the URLs on untouched."""
     if not isinstance(pretrained, list):
         return pretrained
-    from snnet_ray.data.storage import open_url
+    from snnet_ray.data.node_cache import fetch_to_node, is_remote
 
-    out = []
-    for item in pretrained:
-        if isinstance(item, str) and "://" in item and not item.startswith("file://"):
-            target = Path(cache_dir).expanduser() / hashlib.sha256(item.encode()).hexdigest()[:16] / Path(item).name
-            if not target.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(".part")
-                with open_url(item) as src, open(tmp, "wb") as dst:
-                    while chunk := src.read(1 << 24):
-                        dst.write(chunk)
-                tmp.rename(target)
-            item = str(target)
-        out.append(item)
-    return out
+    return [str(fetch_to_node(item, cache_dir)) if is_remote(item) else item for item in pretrained]
 
 
 def validate_experiment(cfg: ExperimentConfig, check_cluster: bool = True) -> Any:
@@ -95,16 +84,19 @@ def build_trainer(
 
     from snnet_ray.train.trainer import train_loop_per_worker
 
+    # Ray Train's dashboard (/api/train/v2/runs) lists runs only with state tracking on; a
+    # runtime env or the caller's environment may still turn it off explicitly.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     s = cfg.scaling
-    experiment = cfg.to_dict()
-    experiment["model"]["pretrained"] = local_weights(cfg.model.pretrained)
+    experiment = cfg.to_dict()  # weight URLs stay URLs: each worker's node fetches its own copy
     storage = storage_path or cfg.run.storage_path
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": experiment, "results_url": results_url, "run": run},
-        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        # NCCL for CUDA tensors and gloo for CPU ones (checkpoint plans, small control messages).
+        torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if s.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=s.num_workers,
             use_gpu=s.use_gpu,
@@ -152,15 +144,14 @@ def run_experiment(cfg: ExperimentConfig, *, run: str | None = None, trial: dict
 
 
 def fit_recorded(trainer: Any, results: Any, run: str, experiment: dict[str, Any]) -> tuple[Any, str | None]:
-    """`trainer.fit()`, marking the run failed in the results service if it raises.
+    """`trainer.fit()`, marking the run failed in the results service if it raises, stopped on SIGTERM.
 
     Returns (Ray's Result, the last checkpoint's path) and records the checkpoint's SNNet as
     `experiment["model_dir"]`, which `snnet-ray export --run` finds."""
-    try:
+    from snnet_ray.train.status import recorded_status
+
+    with recorded_status(results, run):  # failed, or stopped by `ray job stop` (SIGTERM)
         result = trainer.fit()
-    except Exception:
-        results.register_run(run, status="failed")
-        raise
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
     if checkpoint is not None:
         experiment["model_dir"] = f"{checkpoint}/model"

@@ -180,25 +180,30 @@ class StitchSampler:
         return list(self._counts)
 
     def state_dict(self) -> dict[str, Any]:
+        """The sampler's state, independent of the world size: counts summed over all ranks.
+
+        Call on every rank at once (the sum is a collective, see `all_reduce_counts`)."""
         return {
             "name": self.name,
             "seed": self.seed,
-            "world_size": self.world_size,
-            "rank": self.rank,
             "num_configs": self.num_configs,
-            "counts": list(self._counts),
+            "counts": all_reduce_counts(self._counts),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the counts; refuse a state whose sequence would differ from this sampler's."""
-        for key in ("name", "seed", "world_size", "rank", "num_configs"):
+        """Restore the counts of the whole job (rank 0 holds them, so a sum over ranks gives them back
+        on any world size); refuse a state whose sequence would differ from this sampler's."""
+        for key in ("name", "seed", "num_configs"):
             mine = getattr(self, key)
             if state[key] != mine:
                 raise ValueError(
                     f"sampler state has {key}={state[key]!r} but this run has {key}={mine!r}; "
-                    "resume with the same sampler, seed, number of workers and SN-Net as the checkpoint"
+                    "resume with the same sampler, seed and SN-Net as the checkpoint"
                 )
-        self._counts = [int(c) for c in state["counts"]]
+        counts = [int(c) for c in state["counts"]]
+        if len(counts) != self.num_configs or min(counts, default=0) < 0:
+            raise ValueError(f"sampler state has {len(counts)} counts for {self.num_configs} configs")
+        self._counts = counts if self.rank == 0 else [0] * self.num_configs
 
     def _assign(self, step: int) -> Sequence[int]:
         raise NotImplementedError
@@ -316,18 +321,17 @@ def cost_buckets(costs: Sequence[float], max_spread: float) -> list[list[int]]:
     return buckets
 
 
-def all_reduce_counts(counts: Sequence[int]) -> list[int]:
-    """Sum per-config counts over all ranks (torch.distributed); the local counts when not initialised."""
+def all_reduce_counts(counts: Sequence[int], device: Any = None) -> list[int]:
+    """Sum per-config counts over all ranks on the worker's device (`collectives.default_device()`
+    unless given); the local counts outside a process group."""
     import torch
-    import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
+    from snnet_ray import collectives
+
+    if not collectives.is_distributed():
         return list(counts)
     t = torch.tensor(list(counts), dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t)
-    return t.tolist()
+    return collectives.all_reduce(t, device=device or collectives.default_device()).tolist()
 
 
 def _sampler_class(name: str) -> type[StitchSampler]:

@@ -6,8 +6,8 @@ optimizer and schedule, least-squares init (fresh runs only), DeepSpeed engine, 
 restore; `train()` is the loop:
 
     for each micro-step: config = sampler.sample(micro_step); select it; forward; backward; step
-    every log_every steps:        all-reduced metrics through ray.train.report
-    every checkpoint_every steps: DeepSpeed checkpoint + train state + the SNNet (model/) reported
+    every log_every steps:        all-reduced metrics, one log line, the context's report (Ray's or a file)
+    every checkpoint_every steps: resharding checkpoint (every rank a share) + the SNNet (model/, rank 0)
     every eval.every_steps:       one-pass evaluation of the chosen configs on the first shards
     at the end:                   final checkpoint, every config on the full validation set
 
@@ -18,7 +18,9 @@ final checkpoint (the weights the final evaluation used) skips the shards alread
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
 import time
 from pathlib import Path
@@ -26,9 +28,13 @@ from typing import Any
 
 import torch
 
+from snnet_ray import collectives
 from snnet_ray.train.config import ExperimentConfig, load_experiment
+from snnet_ray.train.context import WorkerContext
 
 __all__ = ["Trainer", "train_loop_per_worker"]
+
+log = logging.getLogger("snnet_ray.train")
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -38,25 +44,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 class Trainer:
-    """One worker's share of an SN-Net training run."""
+    """One worker's share of an SN-Net training run, under Ray Train or plain torch.distributed
+    (`context`: `snnet_ray.train.context.LocalContext`; Ray Train's `RayContext` by default)."""
 
-    def __init__(self, cfg: ExperimentConfig, results_url: str | None, run: str) -> None:
-        import ray.train
-        import torch.distributed as dist
-
+    def __init__(
+        self, cfg: ExperimentConfig, results_url: str | None, run: str, context: WorkerContext | None = None
+    ) -> None:
         from snnet_ray.train.checkpoint import RandomState, TrainProgress
 
+        if context is None:
+            from snnet_ray.train.context import RayContext
+
+            storage = cfg.run.storage_path
+            run_dir = None if "://" in storage else Path(storage).expanduser() / run
+            context = RayContext(cfg.scaling.use_gpu, run_dir=run_dir)
         self.cfg, self.run, self.results_url = cfg, run, results_url
-        # 1. distributed context and device
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = torch.device(
-            f"cuda:{ctx.get_local_rank()}" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
-        )
+        # 1. distributed context and device (the launcher's: Ray's get_device(), or LOCAL_RANK)
+        self.ctx = context
+        self.rank, self.world = context.rank, context.world_size
+        self.device = context.device
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.dist = dist
-        checkpoint = ray.train.get_checkpoint()
+        _configure_logging(self.rank)
+        resume = contextlib.ExitStack()
+        checkpoint = resume.enter_context(context.resume_directory())
         # 1b. the node's CUDA driver and the network the gradient all-reduce runs over: the first collective
         from snnet_ray.train.network_check import startup_check
 
@@ -96,19 +107,21 @@ class Trainer:
         self.engine = build_engine(self.model, optimizer, scheduler, cfg.deepspeed, self.sampler.synchronized)
         self.snnet = unwrap(self.engine)
         self.dtype = next(self.snnet.parameters()).dtype
-        # 9. restore
-        self.states = {"progress": self.progress, "sampler": self.sampler, "rng": RandomState()}
+        # 9. restore (from a checkpoint of any world size, see checkpoint.py)
+        self.states = {"progress": self.progress, "sampler": self.sampler, "rng": RandomState(cfg.seed)}
         self.resumed = False
         self.restored_step: int | None = None
         if checkpoint is not None:
-            from snnet_ray.train.checkpoint import restore_checkpoint
+            from snnet_ray.train.checkpoint import load_checkpoint
 
-            self.resumed = restore_checkpoint(self.engine, self.states, checkpoint)
+            load_checkpoint(self.engine, self.states, checkpoint)
+            self.resumed = True
             self.restored_step = self.progress.step
             # A resumed epoch draws fresh batches rather than replaying the ones already trained.
             self.train_loader = self._train_loader(seed_offset=self.progress.step)
             self.train_loader.set_epoch(self.progress.epoch)
-            self._log(f"resumed at step {self.progress.step} (epoch {self.progress.epoch})")
+            self._log(f"resumed at step {self.progress.step} (epoch {self.progress.epoch}) from {checkpoint}")
+        resume.close()
         # 10. results service (evaluations are ingested by every rank)
         from snnet_ray.results import connect
 
@@ -153,8 +166,6 @@ class Trainer:
         self._finish()
 
     def _after_step(self, window: _Window) -> None:
-        import ray.train
-
         cfg, step = self.cfg, self.progress.step
         last = step == self.total_steps
         evaluate = bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0 and not last
@@ -169,13 +180,11 @@ class Trainer:
         if save:
             self.checkpoint(metrics)
         else:
-            ray.train.report(metrics)
+            self.ctx.report(metrics)
 
     def _finish(self) -> None:
         """Every config on the full validation set, after the final checkpoint fixed the weights
         (a restart during this evaluation resumes it with the same weights, skipping recorded shards)."""
-        import ray.train
-
         if not self.cfg.eval.final:
             return
         # Restored from the final checkpoint: the recorded shards came from these weights. Otherwise
@@ -184,15 +193,15 @@ class Trainer:
         if summary:
             shown = ", ".join(f"{k}={v:.2f}" for k, v in summary.items() if isinstance(v, float))
             self._log(f"final evaluation (top-1 %): {shown}")
-            ray.train.report({"step": self.progress.step, "final": True, **summary})
+            self.ctx.report({"step": self.progress.step, "final": True, **summary})
 
     # -- metrics, checkpoints -----------------------------------------------------------------------
     def _metrics(self, window: _Window) -> dict[str, Any]:
         from snnet_ray.train.samplers import all_reduce_counts
 
+        # On the worker's device: NCCL serves CUDA tensors only (float64 is fine for both backends).
         stats = torch.tensor([window.loss_sum, window.images, window.seconds, window.steps], dtype=torch.float64)
-        self.dist.all_reduce(stats)
-        loss_sum, images, seconds, steps = stats.tolist()
+        loss_sum, images, seconds, steps = collectives.all_reduce(stats, device=self.device).tolist()
         seconds /= self.world  # every rank timed the same steps
         metrics = {
             "step": self.progress.step,
@@ -202,7 +211,7 @@ class Trainer:
             "lr": self.engine.get_lr()[0],
             "images_per_s": images / seconds if seconds else 0.0,
             "step_time_s": seconds / max(steps / self.world, 1),
-            "config_counts": all_reduce_counts(self.sampler.counts),
+            "config_counts": all_reduce_counts(self.sampler.counts, device=self.device),
             "data_skipped": self.train_loader.skipped,
         }
         if self.rank == 0:
@@ -213,17 +222,18 @@ class Trainer:
         return metrics
 
     def checkpoint(self, metrics: dict[str, Any]) -> None:
-        """DeepSpeed checkpoint and train state on every rank, plus the whole SNNet (`model/`) from rank 0."""
+        """Every rank writes its share of the resharding checkpoint (checkpoint.py); rank 0 alone
+        copies the assembled weights to the CPU and writes the whole SNNet (`model/`)."""
         from snnet_ray.stitching.saving import save_snnet
-        from snnet_ray.train.checkpoint import report_checkpoint
+        from snnet_ray.train.checkpoint import save_checkpoint
 
-        state = self._full_state_dict()
-
-        def write_model(directory: Path) -> None:
+        def write(directory: Path) -> None:
+            state = save_checkpoint(self.engine, self.states, directory, device=self.device)
             if self.rank == 0:
-                save_snnet(self.model, directory / "model", state_dict=state, extra={"step": self.progress.step})
+                cpu = {k: v.detach().to("cpu", torch.float32) for k, v in state.items()}
+                save_snnet(self.model, directory / "model", state_dict=cpu, extra={"step": self.progress.step})
 
-        report_checkpoint(self.engine, self.states, metrics, f"step_{self.progress.step:08d}", extra=write_model)
+        self.ctx.report_checkpoint(metrics, f"step_{self.progress.step:08d}", write)
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
         import deepspeed
@@ -254,16 +264,15 @@ class Trainer:
         shards = list(read_info(self.cfg.data.root).split(self.cfg.data.val_split).filenames)[:max_shards]
         if skip_recorded and self.rank == 0:
             shards = pending_shards(self.results, self.run, name, shards, len(ids))
-        todo = [shards]
-        self.dist.broadcast_object_list(todo, src=0)  # every rank splits the same list
+        todo = collectives.broadcast_json(shards, src=0, device=self.device)  # every rank splits the same list
         model = self._model_for_eval()
-        if todo[0]:
+        if todo:
             data_cfg = self.cfg.data.replace(val_batch_size=self.cfg.eval.batch_size or self.cfg.data.eval_batch_size)
-            loader = build_val_loader(data_cfg, rank=self.rank, world_size=self.world, shards=todo[0])
+            loader = build_val_loader(data_cfg, rank=self.rank, world_size=self.world, shards=todo)
             worker = f"rank{self.rank}"
             for shard in evaluate_shards(model, loader, config_ids=ids, device=self.device):
                 self.results.ingest(to_records(self.run, name, shard, worker=worker))
-        self.dist.barrier()
+        collectives.barrier(self.device)
         table = self.results.table(self.run, name)
         rows = [r for r in table.rows if r.top1 is not None and r.config_id in set(ids)]
         if not rows:
@@ -330,9 +339,8 @@ class Trainer:
         )
 
     def _log(self, message: str) -> None:
-        # print, not logging: Ray forwards worker stdout to the driver and the job's log as is.
         if self.rank == 0:
-            print(f"[snnet-ray] {message}", flush=True)
+            log.info(message)
 
 
 class _Window:
@@ -351,6 +359,24 @@ class _Window:
     def tick(self, seconds: float) -> None:
         self.seconds += seconds
         self.steps += 1
+
+
+def _configure_logging(rank: int) -> None:
+    """One `[snnet-ray]` line per message from rank 0, to stdout only.
+
+    The logger does not propagate: Ray Train v2 hooks the root logger and print() of its workers, and
+    a message through both reached the job's log twice. Other ranks log warnings and errors only.
+    """
+    import sys
+
+    logger = logging.getLogger("snnet_ray")
+    if not any(getattr(h, "_snnet", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[snnet-ray] %(message)s"))
+        handler._snnet = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logger.propagate = False
 
 
 def _build_model(cfg: ExperimentConfig):
