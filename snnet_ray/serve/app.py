@@ -42,7 +42,7 @@ from snnet_ray.serve.latency import DEFAULT_BATCH_SIZES, LatencyTable, measure_l
 from snnet_ray.serve.model import ServedModel, load_served_model
 from snnet_ray.serve.policy import Decision, FrontierConfig, Pending, PolicyConfig, PolicyState, choose_config
 
-__all__ = ["APP_NAME", "ClassifyRequest", "ElasticSNNet", "ServeOptions", "build", "build_app", "create_app"]
+__all__ = ["APP_NAME", "ClassifyRequest", "ElasticSNNet", "SNNetServer", "ServeOptions", "build", "build_app", "create_app"]
 
 APP_NAME = "snnet-serve"
 log = logging.getLogger(__name__)
@@ -150,10 +150,12 @@ def _images_in(items: list[_Item]) -> int:
 # ---- the Serve deployment -----------------------------------------------------------------------
 
 
-@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
-@serve.ingress()
-class ElasticSNNet:
-    """Serve replica holding one SNNet; `reconfigure(user_config)` loads (or rolls out) the model."""
+class SNNetServer:
+    """One replica's serving logic: the model, its latency table, the batch queue and the policy.
+
+    `reconfigure(options)` loads (or rolls out) the model. It runs in any asyncio loop; Serve runs it
+    as `ElasticSNNet`, and tests drive it directly under the same FastAPI app.
+    """
 
     def __init__(self) -> None:
         self._replica: _Replica | None = None
@@ -172,9 +174,6 @@ class ElasticSNNet:
             self._batch.set_batch_wait_timeout_s(options.batch_wait_ms / 1e3)
             self._replica = replica
         log.info("serving %s (version %s) on %s", replica.served.model_dir, replica.served.version, replica.device)
-
-    def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self)
 
     # -- what the HTTP routes call ---------------------------------------------------------------
     def max_body_bytes(self) -> int:
@@ -292,6 +291,16 @@ class ElasticSNNet:
         if self._replica is None:
             raise ServeError(503, "the model is still loading; retry shortly")
         return self._replica
+
+
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+@serve.ingress()
+class ElasticSNNet(SNNetServer):
+    """The Serve deployment: an `SNNetServer` per replica, its FastAPI app built on the replica;
+    `user_config` is `ServeOptions` (a new one is a rollout, applied by `reconfigure`)."""
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self)
 
 
 def build_app(
