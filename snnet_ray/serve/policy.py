@@ -108,12 +108,16 @@ def choose_config(
     now: float,
     state: PolicyState,
     config: PolicyConfig,
+    arrival_rate: float = 0.0,
 ) -> Decision:
     """The config to run `batch` with at time `now`, and the state for the next batch.
 
     `frontier` is ordered least accurate first; `queued` holds the requests waiting behind the batch
-    (any order). The load level is decided on the SLO alone, so one request's tight budget caps its
-    own batch without dragging the level down for the batches after it.
+    (any order); `arrival_rate` is the recent arrival rate in images per second. A config fits the
+    load when it serves this batch and the queue in time and, at that rate, keeps up in steady state
+    (a batch of n images served before n more arrive, and a request that waits one batch and then
+    runs in the next still within the SLO). The load level is decided on the SLO alone, so one
+    request's tight budget caps its own batch without dragging the level down for later batches.
     """
     if not frontier:
         raise ValueError("the served frontier is empty")
@@ -128,7 +132,9 @@ def choose_config(
     def fits(k: int, requests: Sequence[Pending], slack: float) -> bool:
         # The load level looks at the SLO alone; the batch's own config also at each request's budget.
         behind = slo_backlog if requests is slo_only else backlog
-        return _fits(frontier[k].id, predict_ms, requests, behind, now, config, 1.0 - slack)
+        return _fits(frontier[k].id, predict_ms, requests, behind, now, config, 1.0 - slack) and _keeps_up(
+            frontier[k].id, predict_ms, arrival_rate, config, 1.0 - slack
+        )
 
     # 1. The load level, with hysteresis: down at once to the best config that fits, up one step at a
     #    time once the next config has fitted with extra room for `up_after` batches in a row.
@@ -183,6 +189,18 @@ def _fits(
                 return False
         chunk = [p] if p is not None else []
     return True
+
+
+def _keeps_up(cfg_id: int, predict_ms: LatencyModel, rate: float, config: PolicyConfig, factor: float) -> bool:
+    """At `rate` images/s, is there a batch size n whose service time lets n images arrive at most
+    (utilisation <= factor) and whose worst steady wait, one batch then its own, meets the SLO?"""
+    if rate <= 0:
+        return True
+    for n in range(1, config.max_batch_images + 1):
+        ms = predict_ms(cfg_id, n)
+        if rate * ms / 1e3 <= factor * n and 2 * ms <= factor * config.slo_ms:
+            return True
+    return False
 
 
 def _deadline(p: Pending, config: PolicyConfig, factor: float) -> float:
