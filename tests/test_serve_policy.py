@@ -8,6 +8,7 @@ holds, back to the top after the load falls, no flapping, and every request's ow
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -86,7 +87,7 @@ def test_steps_down_under_load_holds_the_slo_and_comes_back_after():
     rng = random.Random(1)
     # low, then a load the top config cannot carry (it needs ~4 ms per image), then low again.
     arrivals = poisson(20, 0, 4, rng) + poisson(600, 4, 8, rng) + poisson(20, 8, 14, rng)
-    served, levels = simulate(arrivals, PolicyConfig(slo_ms=SLO_MS))
+    served, _ = simulate(arrivals, PolicyConfig(slo_ms=SLO_MS))
     by_phase = [[s for s in served if lo <= s.arrival < hi] for lo, hi in ((0, 4), (4.5, 8), (10, 14))]
     top = FRONTIER[-1].id
     assert all(s.config == top for s in by_phase[0])
@@ -102,10 +103,10 @@ def test_hysteresis_keeps_the_level_from_flapping():
     rng = random.Random(2)
     arrivals = poisson(200, 0, 10, rng)  # steady, near where the top config stops keeping up
     damped, damped_levels = simulate(arrivals, PolicyConfig(slo_ms=SLO_MS))
-    eager, eager_levels = simulate(arrivals, PolicyConfig(slo_ms=SLO_MS, up_headroom=0.2, up_after=1))
+    _, eager_levels = simulate(arrivals, PolicyConfig(slo_ms=SLO_MS, up_headroom=0.2, up_after=1))
 
     def changes(levels):
-        return sum(a[1] != b[1] for a, b in zip(levels, levels[1:]))
+        return sum(a[1] != b[1] for a, b in itertools.pairwise(levels))
 
     assert changes(damped_levels) * 5 < changes(eager_levels)
     assert changes(damped_levels) <= 10

@@ -42,7 +42,9 @@ from snnet_ray.serve.latency import DEFAULT_BATCH_SIZES, LatencyTable, measure_l
 from snnet_ray.serve.model import ServedModel, load_served_model
 from snnet_ray.serve.policy import Decision, FrontierConfig, Pending, PolicyConfig, PolicyState, choose_config
 
-__all__ = ["APP_NAME", "ClassifyRequest", "ElasticSNNet", "SNNetServer", "ServeOptions", "build", "build_app", "create_app"]
+__all__ = [
+    "APP_NAME", "ClassifyRequest", "ElasticSNNet", "SNNetServer", "ServeOptions", "build", "build_app", "create_app",
+]
 
 APP_NAME = "snnet-serve"
 log = logging.getLogger(__name__)
