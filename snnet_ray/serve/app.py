@@ -47,6 +47,10 @@ __all__ = [
 ]
 
 APP_NAME = "snnet-serve"
+# The arrival rate the policy plans with: images over the last RATE_WINDOW_S seconds.
+RATE_WINDOW_S = 0.5
+# Small images are decoded on the event loop; larger ones in a thread, so the loop keeps taking requests.
+_INLINE_DECODE_BYTES = 64 << 10
 log = logging.getLogger(__name__)
 
 
@@ -62,7 +66,7 @@ class ServeOptions(BaseModel):
     slo_ms: float = Field(default=50.0, gt=0, le=600_000, allow_inf_nan=False)
     fixed_config: int | None = Field(default=None, ge=0, description="serve this one config (a baseline); no policy")
     max_batch_size: int = Field(default=16, ge=1, le=1024, description="images per batch (one config each)")
-    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000, allow_inf_nan=False)
+    batch_wait_ms: float = Field(default=2.0, ge=0, le=1000, allow_inf_nan=False)
     max_images: int = Field(default=8, ge=1, le=256, description="images per request")
     max_body_bytes: int = Field(default=8 << 20, ge=1024, le=1 << 30)
     max_image_bytes: int = Field(default=4 << 20, ge=1024, le=1 << 30)
@@ -165,6 +169,7 @@ class SNNetServer:
         self._next_key = 0
         self._load_lock = asyncio.Lock()
         self._recent: deque[dict[str, Any]] = deque(maxlen=256)
+        self._arrivals: deque[tuple[float, int]] = deque()
         self._served_requests = 0
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -224,9 +229,13 @@ class SNNetServer:
         if len(images) > options.max_images:
             raise ServeError(413, f"{len(images)} images in one request; the limit is {options.max_images}")
         _check_budget(replica, len(images), max_gmacs, max_latency_ms, config)
-        tensors = await asyncio.to_thread(_decode_all, images, served, options)
+        if sum(len(b) for b in images) <= _INLINE_DECODE_BYTES:
+            tensors = _decode_all(images, served, options)  # a thread hop costs more than decoding these
+        else:
+            tensors = await asyncio.to_thread(_decode_all, images, served, options)
         key = self._next_key
         self._next_key += 1
+        self._arrivals.append((arrival, len(images)))
         pending = Pending(arrival=arrival, images=len(images), max_gmacs=max_gmacs, max_latency_ms=max_latency_ms)
         self._pending[key] = pending
         try:
@@ -284,8 +293,11 @@ class SNNetServer:
             return Decision(cfg, replica.state, replica.table.predict(fixed, 1), "fixed")
         in_group = {i.key for i in group}
         queued = [p for k, p in self._pending.items() if k not in in_group]
+        while self._arrivals and self._arrivals[0][0] < now - RATE_WINDOW_S:
+            self._arrivals.popleft()
+        rate = sum(n for _, n in self._arrivals) / RATE_WINDOW_S
         decision = choose_config(frontier, replica.table.predict, [i.pending for i in group], queued, now,
-                                 replica.state, replica.policy)
+                                 replica.state, replica.policy, rate)
         replica.state = decision.state
         return decision
 
