@@ -545,8 +545,7 @@ def _decode_all(images: list[bytes], served: ServedModel, options: ServeOptions)
         try:
             img = decode_image(data, max_bytes=options.max_image_bytes, max_pixels=options.max_pixels, what=what)
         except ImageError as err:
-            status = 413 if ("limit is" in str(err)) else 400
-            raise ServeError(status, str(err)) from None
+            raise ServeError(413 if err.too_large else 400, str(err)) from None
         tensors.append(served.transform(img))
     return torch.stack(tensors)
 

@@ -66,6 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if (args.results is None) != (args.run is None):
+        raise ValueError("give --results URL and --run RUN together (or neither: the model's own top-1)")
+    if not args.route_prefix.startswith("/"):
+        raise ValueError(f"--route-prefix must start with '/', got {args.route_prefix!r}")
+    scaling = _scaling(args)
+
     import httpx
     import ray
     from ray import serve
@@ -73,10 +79,6 @@ def _serve(args: argparse.Namespace) -> int:
     from snnet_ray.serve.app import APP_NAME, ServeOptions, build_app
     from snnet_ray.stitching.saving import resolve_model_dir
 
-    if (args.results is None) != (args.run is None):
-        raise ValueError("give --results URL and --run RUN together (or neither: the model's own top-1)")
-    if not args.route_prefix.startswith("/"):
-        raise ValueError(f"--route-prefix must start with '/', got {args.route_prefix!r}")
     model = args.model if "://" in args.model else os.path.abspath(resolve_model_dir(args.model))
     results = args.results
     if results is not None and "://" not in results:
@@ -86,7 +88,6 @@ def _serve(args: argparse.Namespace) -> int:
         fixed_config=args.fixed_config, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
         max_images=min(args.max_images, args.max_batch_size),
     )
-    scaling = _scaling(args)
     attached = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if not ray.is_initialized():
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)

@@ -20,7 +20,12 @@ ALLOWED_FORMATS = ("JPEG", "PNG")
 
 
 class ImageError(ValueError):
-    """An image the service will not decode; the message says which and why."""
+    """An image the service will not decode; the message says which and why. `too_large` marks
+    images over a size limit (HTTP 413) as against undecodable ones (400)."""
+
+    def __init__(self, message: str, too_large: bool = False):
+        super().__init__(message)
+        self.too_large = too_large
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, what: str = "image") -> Any:
@@ -30,14 +35,14 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, what: str = "i
     if not data:
         raise ImageError(f"{what} is empty")
     if len(data) > max_bytes:
-        raise ImageError(f"{what} is {len(data)} bytes; the limit is {max_bytes}")
+        raise ImageError(f"{what} is {len(data)} bytes; the limit is {max_bytes}", too_large=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = img.size
             if width < 1 or height < 1 or width * height > max_pixels:
-                raise ImageError(f"{what} is {width}x{height} pixels; the limit is {max_pixels} pixels")
+                raise ImageError(f"{what} is {width}x{height} pixels; the limit is {max_pixels} pixels", too_large=True)
             img.load()  # decodes now, inside the guards; a truncated file raises here
             return img.convert("RGB")
     except ImageError:
@@ -45,7 +50,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, what: str = "i
     except UnidentifiedImageError:
         raise ImageError(f"{what} is not a JPEG or PNG image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"{what} is too large to decode: {err}") from None
+        raise ImageError(f"{what} is too large to decode: {err}", too_large=True) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageError(f"{what} could not be decoded ({err.__class__.__name__}: {err})") from None
 

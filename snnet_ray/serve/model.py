@@ -42,7 +42,7 @@ class ServedModel:
 
     def config_info(self, cfg_id: int) -> dict[str, Any]:
         cfg, cost = self.snnet.configs[cfg_id], self.snnet.cost(cfg_id)
-        return {"id": cfg_id, "name": cfg.name, "gmacs": round(cost.gmacs, 6), "top1": self.top1.get(cfg_id)}
+        return {"id": cfg_id, "name": cfg.name, "gmacs": cost.gmacs, "top1": self.top1.get(cfg_id)}
 
 
 def load_served_model(
@@ -71,8 +71,9 @@ def load_served_model(
     else:
         top1 = read_top1(spec.get("extra", {}), names)
         source = f"{SPEC_FILE} extra.top1"
-    frontier = _frontier(meta, top1)
     snnet = load_snnet(model_dir, device=device).eval()
+    # Costs from the model that serves: FLOP counting on the meta device can differ from a real build.
+    frontier = _frontier(snnet, top1)
     data = spec.get("extra", {}).get("data") or experiment.get("data") or {}
     if not data:
         data = {k: v for k, v in snnet.data_config.items() if k in ("mean", "std", "interpolation", "crop_pct")}
@@ -131,12 +132,12 @@ def _top1_from_results(
     return top1, experiment
 
 
-def _frontier(meta: Any, top1: Mapping[int, float]) -> list[FrontierConfig]:
+def _frontier(model: Any, top1: Mapping[int, float]) -> list[FrontierConfig]:
     from snnet_ray.results.pareto import pareto_front
     from snnet_ray.results.schema import ConfigResult
 
     rows = [
-        ConfigResult(config_id=c, name=meta.configs[c].name, gmacs=meta.cost(c).gmacs, top1=acc)
+        ConfigResult(config_id=c, name=model.configs[c].name, gmacs=model.cost(c).gmacs, top1=acc)
         for c, acc in top1.items()
     ]
     return [FrontierConfig(r.config_id, r.name, r.gmacs, r.top1) for r in pareto_front(rows, "gmacs")]
