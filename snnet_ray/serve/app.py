@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
@@ -429,6 +430,16 @@ def create_app(server: Any) -> FastAPI:
         return await server.classify(images, max_gmacs=max_gmacs, max_latency_ms=max_latency_ms, config=config,
                                      top_k=top_k, arrival=arrival)
 
+    def openapi() -> dict[str, Any]:
+        # The JSON body is read by hand (the limit comes first), so its schema is added here.
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas["ClassifyRequest"] = ClassifyRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 
