@@ -1,6 +1,6 @@
 """`snnet-ray serve`: deploy one SN-Net on Ray Serve, switching configs per batch to hold a latency SLO.
 
-    snnet-ray serve --model DIR [--results URL --run RUN] [--slo-ms 50]
+    snnet-ray serve (--model DIR | --results URL --run RUN) [--slo-ms 50]
                     [--num-replicas N | --autoscaling [--min-replicas A --max-replicas B --target-ongoing T]]
 
 On a running cluster (`--address` or $RAY_ADDRESS) it deploys and returns; redeploying with another
@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "API: POST /v1/classify, GET /v1/configs, GET /healthz (OpenAPI at /docs)."
         ),
     )
-    p.add_argument("--model", required=True, metavar="DIR",
-                   help="saved SN-Net dir, training checkpoint dir (its model/) or s3:// URI")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="saved SN-Net dir, training checkpoint dir (its model/) or s3:// URI "
+                        "(default: the one --run stores in the results service)")
     p.add_argument("--results", default=None, metavar="URL",
                    help="results service or database URL holding the run's per-config top-1 "
                         "(default: the model's own metadata, extra.top1)")
@@ -68,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     if (args.results is None) != (args.run is None):
         raise ValueError("give --results URL and --run RUN together (or neither: the model's own top-1)")
+    if args.model is None and args.run is None:
+        raise ValueError("say what to serve: --model DIR, or --results URL --run RUN (the run's checkpoint)")
     if not args.route_prefix.startswith("/"):
         raise ValueError(f"--route-prefix must start with '/', got {args.route_prefix!r}")
     scaling = _scaling(args)
@@ -79,10 +82,11 @@ def _serve(args: argparse.Namespace) -> int:
     from snnet_ray.serve.app import APP_NAME, ServeOptions, build_app
     from snnet_ray.stitching.saving import resolve_model_dir
 
-    model = args.model if "://" in args.model else os.path.abspath(resolve_model_dir(args.model))
     results = args.results
     if results is not None and "://" not in results:
         results = f"sqlite:///{os.path.abspath(results)}"  # a file path: the replica runs elsewhere
+    model = args.model if args.model is not None else _run_checkpoint(results, args.run)
+    model = model if "://" in model else os.path.abspath(resolve_model_dir(model))
     options = ServeOptions(
         model=model, results=results, run=args.run, checkpoint=args.results_checkpoint, slo_ms=args.slo_ms,
         fixed_config=args.fixed_config, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
@@ -117,6 +121,14 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     serve.shutdown()
     return 0
+
+
+def _run_checkpoint(results: str, run: str) -> str:
+    from snnet_ray.deploy.select import checkpoint_path
+    from snnet_ray.results import connect
+
+    with connect(results) as client:
+        return checkpoint_path(client, run)
 
 
 def _scaling(args: argparse.Namespace) -> dict[str, Any]:
