@@ -147,7 +147,7 @@ def _classify(client: httpx.Client, data: bytes, **params) -> httpx.Response:
 
 @pytest.mark.slow
 def test_classify_answers_top_k_of_the_config_it_reports(served):
-    from snnet_ray.serve.images import build_transform
+    from timm.data import create_transform
 
     client, model = served["client"], served["model"]
     r = _classify(client, _png(), top_k=3)
@@ -158,8 +158,8 @@ def test_classify_answers_top_k_of_the_config_it_reports(served):
     assert cfg["top1"] == pytest.approx(served["top1"][cfg["id"]], abs=0.01)
     assert set(body["time_ms"]) == {"queue", "compute", "total"} and body["time_ms"]["total"] > 0
     # The answer is the SNNet's own output for that config, under the run's validation transform.
-    transform = build_transform({"mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0,
-                                 "interpolation": "bilinear"}, model.input_size)
+    transform = create_transform(input_size=model.input_size, is_training=False, interpolation="bilinear",
+                                 mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
     x = transform(decode_image(_png(), max_bytes=1 << 20, max_pixels=1 << 20))[None]
     with torch.no_grad():
         probs = model.eval().forward_config(x, cfg["id"]).softmax(-1)[0]

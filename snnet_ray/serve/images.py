@@ -4,17 +4,18 @@ Every byte of a request is hostile. Pillow reads only the header on `Image.open`
 checked against `max_pixels` before any pixel is decoded (a 50 kB PNG can claim 60 000 x 60 000),
 Pillow's own decompression-bomb guard is an error rather than a warning, and truncated files are
 refused rather than padded. A decoded image becomes the model's input with the validation transform
-the model was trained with (resize, centre crop, normalise).
+the model was trained with: resize and centre crop here, to uint8; normalisation on the device.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ALLOWED_FORMATS", "ImageError", "build_transform", "decode_image"]
+__all__ = ["ALLOWED_FORMATS", "ImageError", "Normalization", "build_transform", "decode_image"]
 
 ALLOWED_FORMATS = ("JPEG", "PNG")
 
@@ -55,21 +56,51 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, what: str = "i
         raise ImageError(f"{what} could not be decoded ({err.__class__.__name__}: {err})") from None
 
 
-def build_transform(data: Mapping[str, Any], input_size: tuple[int, int, int]) -> Callable:
-    """PIL RGB image -> normalised float tensor (C, H, W): timm's validation transform.
+def build_transform(data: Mapping[str, Any], input_size: tuple[int, int, int]) -> tuple[Callable, Normalization]:
+    """The run's validation transform, split where the batch crosses to the device.
 
-    `data` holds the training run's data settings (mean, std, interpolation, crop_pct); what it
-    lacks comes from timm's defaults for the anchors.
+    Returns (PIL RGB image -> uint8 tensor (C, H, W): resize to input_size / crop_pct, centre crop) and
+    the normalisation, applied to the whole batch on the model's device (uint8 crosses, not float32).
+    Together they equal timm's `create_transform(is_training=False)`. `data` holds the training run's
+    data settings (mean, std, interpolation, crop_pct); what it lacks comes from timm's defaults.
     """
-    from timm.data import create_transform
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, PILToTensor, Resize
 
-    interpolation = data.get("interpolation", "bicubic")
-    return create_transform(
-        input_size=tuple(input_size),
-        is_training=False,
-        # 'random' interpolation is a training-time choice; validation resizes with bicubic.
-        interpolation="bicubic" if interpolation == "random" else interpolation,
-        mean=tuple(data.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(data.get("std", (0.229, 0.224, 0.225))),
-        crop_pct=float(data.get("crop_pct", 0.875)),
-    )
+    interpolation = str(data.get("interpolation", "bicubic"))
+    # 'random' interpolation is a training-time choice; validation resizes with bicubic.
+    interpolation = "bicubic" if interpolation == "random" else interpolation
+    crop_pct = float(data.get("crop_pct", 0.875))
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must lie in (0, 1], got {crop_pct}")
+    height, width = int(input_size[1]), int(input_size[2])
+    # timm's eval transform: scale the shorter side (square inputs) or both sides, then centre crop.
+    scale = math.floor(height / crop_pct) if height == width else (math.floor(height / crop_pct),
+                                                                    math.floor(width / crop_pct))
+    transform = Compose([
+        Resize(scale, interpolation=InterpolationMode(interpolation)),
+        CenterCrop((height, width)),
+        PILToTensor(),
+    ])
+    mean = tuple(float(m) for m in data.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(float(s) for s in data.get("std", (0.229, 0.224, 0.225)))
+    if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
+        raise ValueError(f"mean and std need 3 values each, std > 0; got mean={mean}, std={std}")
+    return transform, Normalization(mean, std)
+
+
+class Normalization:
+    """uint8 batch (N, C, H, W) -> float, scaled to [0, 1] and normalised, on the batch's own device."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.mean, self.std = mean, std
+        self._cache: dict[Any, tuple[Any, Any]] = {}
+
+    def __call__(self, batch: Any) -> Any:
+        import torch
+
+        if batch.device not in self._cache:
+            mean = torch.tensor(self.mean, device=batch.device).view(1, -1, 1, 1) * 255
+            std = torch.tensor(self.std, device=batch.device).view(1, -1, 1, 1) * 255
+            self._cache[batch.device] = (mean, std)
+        mean, std = self._cache[batch.device]
+        return (batch.float() - mean) / std

@@ -30,6 +30,9 @@ class ServedModel:
     snnet: Any
     frontier: list[FrontierConfig]
     transform: Callable
+    """PIL image -> uint8 tensor (C, H, W)."""
+    normalize: Callable
+    """uint8 batch -> normalised float batch, on the batch's device."""
     model_dir: str
     version: str
     """Short hash of the weights and spec: which checkpoint answered (changes on a rollout)."""
@@ -79,13 +82,13 @@ def load_served_model(
         data = {k: v for k, v in snnet.data_config.items() if k in ("mean", "std", "interpolation", "crop_pct")}
     from snnet_ray.serve.images import build_transform
 
-    transform = build_transform(data, tuple(snnet.input_size))
+    transform, normalize = build_transform(data, tuple(snnet.input_size))
     digest = hashlib.sha256((Path(model_dir) / SPEC_FILE).read_bytes())
     with open(Path(model_dir) / WEIGHTS_FILE, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     torch.set_grad_enabled(False)
-    return ServedModel(snnet, frontier, transform, model_dir, digest.hexdigest()[:12], top1, source)
+    return ServedModel(snnet, frontier, transform, normalize, model_dir, digest.hexdigest()[:12], top1, source)
 
 
 def read_top1(extra: Mapping[str, Any], names: Mapping[int, str]) -> dict[int, float]:
