@@ -270,7 +270,8 @@ def test_readme_walks_from_cluster_to_results_page_with_files_that_exist():
 def test_rayservice_serves_the_elastic_app_with_autoscaling_and_in_place_rollouts():
     from ray.serve.schema import ServeDeploySchema
 
-    from snnet_ray.serve.app import ElasticSNNet, ServeOptions
+    from snnet_ray.serve.app import ElasticSNNet
+    from snnet_ray.serve.options import ServeOptions
 
     doc = _one(_docs(RAYSERVICE), "RayService")
     assert doc["apiVersion"] == "ray.io/v1"

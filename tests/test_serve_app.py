@@ -91,6 +91,21 @@ def test_serve_command_checks_scaling_and_results_flags():
     with pytest.raises(SystemExit):  # argparse: not both
         parser.parse_args(["serve", "--model", "m", "--num-replicas", "2", "--autoscaling"])
     assert main(["serve", "--model", "m", "--results", "sqlite:///x.db"]) == 2  # --run missing: explained
+    assert main(["serve"]) == 2  # nothing to serve: explained
+
+
+def test_serve_options_refuse_inconsistent_limits():
+    from pydantic import ValidationError
+
+    from snnet_ray.serve.options import ServeOptions
+
+    assert ServeOptions(model="m", max_batch_size=40).batch_sizes() == [1, 2, 4, 8, 16, 32, 40]
+    with pytest.raises(ValidationError, match="max_images .* must be <= max_batch_size"):
+        ServeOptions(model="m", max_images=32, max_batch_size=16)
+    with pytest.raises(ValidationError, match="slo_ms"):
+        ServeOptions(model="m", slo_ms=float("inf"))
+    with pytest.raises(ValidationError, match="extra"):
+        ServeOptions(model="m", slo=50)
 
 
 # ---- the application on a real local Ray --------------------------------------------------------

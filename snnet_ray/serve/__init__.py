@@ -14,7 +14,7 @@ __all__, __getattr__ = lazy_exports(
     {
         "APP_NAME": ".app",
         "ElasticSNNet": ".app",
-        "ServeOptions": ".app",
+        "ServeOptions": ".options",
         "build_app": ".app",
         "create_app": ".app",
         "LatencyTable": ".latency",
