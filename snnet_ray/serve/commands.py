@@ -5,7 +5,7 @@
 
 On a running cluster (`--address` or $RAY_ADDRESS) it deploys and returns; redeploying with another
 `--model` rolls the new checkpoint out without dropping requests. Without one it starts a local Ray,
-serves until Ctrl-C (or SIGTERM), then shuts Serve down.
+serves until Ctrl-C or SIGTERM, then shuts Serve and that Ray down.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import os
 import signal
 import sys
-import time
+import threading
 from typing import Any
 
 __all__ = ["register"]
@@ -94,7 +94,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     attached = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if not ray.is_initialized():
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        # A local Ray of our own takes no dashboard port (another Ray on this machine may hold it).
+        ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
+                 **({} if attached else {"include_dashboard": False}))
     gpus = args.gpus if args.gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
     serve.start(http_options={"host": args.host, "port": args.port})
     app = build_app(options, num_cpus=args.cpus, num_gpus=gpus, **scaling)
@@ -107,19 +109,15 @@ def _serve(args: argparse.Namespace) -> int:
     _report(args, url, configs, scaling)
     if attached:
         return 0
-    # A local Ray lives as long as this process: serve until asked to stop.
-    stop = {"now": False}
-
-    def _stop(*_: Any) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        while not stop["now"]:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
+    # A local Ray lives as long as this process: serve until Ctrl-C (SIGINT) or SIGTERM.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
         pass
+    print("stopping: Serve and the local Ray shut down", flush=True)
     serve.shutdown()
+    ray.shutdown()
     return 0
 
 
