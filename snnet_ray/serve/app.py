@@ -106,8 +106,8 @@ def _images_in(items: list[_Item]) -> int:
 class SNNetServer:
     """One replica's serving logic: the model, its latency table, the batch queue and the policy.
 
-    `reconfigure(options)` loads (or rolls out) the model. It runs in any asyncio loop; Serve runs it
-    as `ElasticSNNet`, and tests drive it directly under the same FastAPI app.
+    `reconfigure(options)` loads (or rolls out) the model. Serve runs it as `ElasticSNNet` (the
+    `@serve.batch` queue lives in a Serve replica); the routes of `create_app` call its public methods.
     """
 
     def __init__(self) -> None:
@@ -207,7 +207,7 @@ class SNNetServer:
             start = time.monotonic()
             decision = self._decide(replica, group, pinned, start)
             cfg_id = decision.config.id if decision is not None else pinned
-            logits, compute_ms = await asyncio.to_thread(_forward, replica, cfg_id, [i.images for i in group])
+            probs, compute_ms = await asyncio.to_thread(_forward, replica, cfg_id, [i.images for i in group])
             images = sum(i.pending.images for i in group)
             replica.table.observe(cfg_id, images, compute_ms)
             info = replica.served.config_info(cfg_id)
@@ -218,7 +218,7 @@ class SNNetServer:
             for item in group:
                 n = item.pending.images
                 results[item.key] = {
-                    "predictions": _top_k(logits[offset : offset + n], item.top_k),
+                    "predictions": _top_k(probs[offset : offset + n], item.top_k),
                     "config": info,
                     "reason": reason,
                     "batch_images": images,
