@@ -478,7 +478,7 @@ def _check_budget(replica: _Replica, n_images: int, max_gmacs: float | None, max
         if config >= n_configs:
             raise ServeError(422, f"unknown config {config}: this model has configs 0..{n_configs - 1} "
                                   "(GET /v1/configs lists the served frontier)")
-        gmacs = served.snnet.cost(config).gmacs
+        gmacs = served.gmacs[config]
         if max_gmacs is not None and gmacs > max_gmacs:
             raise ServeError(422, f"config {config} needs {gmacs:.4g} GMACs, over max_gmacs={max_gmacs:g}")
         return

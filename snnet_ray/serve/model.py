@@ -36,6 +36,8 @@ class ServedModel:
     model_dir: str
     version: str
     """Short hash of the weights and spec: which checkpoint answered (changes on a rollout)."""
+    gmacs: dict[int, float] = field(default_factory=dict)
+    """GMACs per config as counted on the meta device, as `snnet-ray eval` records them."""
     top1: dict[int, float] = field(default_factory=dict)
     top1_source: str = ""
 
@@ -44,8 +46,8 @@ class ServedModel:
         return tuple(self.snnet.input_size)
 
     def config_info(self, cfg_id: int) -> dict[str, Any]:
-        cfg, cost = self.snnet.configs[cfg_id], self.snnet.cost(cfg_id)
-        return {"id": cfg_id, "name": cfg.name, "gmacs": cost.gmacs, "top1": self.top1.get(cfg_id)}
+        cfg = self.snnet.configs[cfg_id]
+        return {"id": cfg_id, "name": cfg.name, "gmacs": self.gmacs[cfg_id], "top1": self.top1.get(cfg_id)}
 
 
 def load_served_model(
@@ -74,9 +76,11 @@ def load_served_model(
     else:
         top1 = read_top1(spec.get("extra", {}), names)
         source = f"{SPEC_FILE} extra.top1"
+    # GMACs counted on the meta device, as the results service has them: on a CPU build torch's FLOP
+    # counter misses the fused attention kernel, so the same config would count fewer GMACs there.
+    gmacs = {c.id: meta.cost(c.id).gmacs for c in meta.configs}
+    frontier = _frontier(meta, gmacs, top1)
     snnet = load_snnet(model_dir, device=device).eval()
-    # Costs from the model that serves: FLOP counting on the meta device can differ from a real build.
-    frontier = _frontier(snnet, top1)
     data = spec.get("extra", {}).get("data") or experiment.get("data") or {}
     if not data:
         data = {k: v for k, v in snnet.data_config.items() if k in ("mean", "std", "interpolation", "crop_pct")}
@@ -88,7 +92,7 @@ def load_served_model(
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     torch.set_grad_enabled(False)
-    return ServedModel(snnet, frontier, transform, normalize, model_dir, digest.hexdigest()[:12], top1, source)
+    return ServedModel(snnet, frontier, transform, normalize, model_dir, digest.hexdigest()[:12], gmacs, top1, source)
 
 
 def read_top1(extra: Mapping[str, Any], names: Mapping[int, str]) -> dict[int, float]:
@@ -135,12 +139,12 @@ def _top1_from_results(
     return top1, experiment
 
 
-def _frontier(model: Any, top1: Mapping[int, float]) -> list[FrontierConfig]:
+def _frontier(model: Any, gmacs: Mapping[int, float], top1: Mapping[int, float]) -> list[FrontierConfig]:
     from snnet_ray.results.pareto import pareto_front
     from snnet_ray.results.schema import ConfigResult
 
     rows = [
-        ConfigResult(config_id=c, name=model.configs[c].name, gmacs=model.cost(c).gmacs, top1=acc)
+        ConfigResult(config_id=c, name=model.configs[c].name, gmacs=gmacs[c], top1=acc)
         for c, acc in top1.items()
     ]
     return [FrontierConfig(r.config_id, r.name, r.gmacs, r.top1) for r in pareto_front(rows, "gmacs")]
