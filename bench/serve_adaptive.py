@@ -252,15 +252,18 @@ def _plot(runs: dict[str, dict[str, Any]], phases: list, slo_ms: float, path: Pa
     import matplotlib.pyplot as plt
 
     fig, (ax_lat, ax_cfg) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    for name, r in runs.items():
+    for i, (name, r) in enumerate(runs.items()):
+        color = f"C{i}"
         t = [rec[0] for rec in r["records"]]
-        ms = [min(rec[1], slo_ms * 10) for rec in r["records"]]
-        ax_lat.scatter(t, ms, s=3, label=name, alpha=0.6)
+        ms = [min(rec[1], slo_ms * 10) for rec in r["records"]]  # timeouts drawn at 10x the SLO
+        ax_lat.scatter(t, ms, s=3, label=name, alpha=0.6, color=color)
         if name == "adaptive":
             ok = [rec for rec in r["records"] if rec[3] is not None]
-            ax_cfg.scatter([rec[0] for rec in ok], [rec[3] for rec in ok], s=3, label="adaptive: top-1 of config")
+            ax_cfg.scatter([rec[0] for rec in ok], [rec[3] for rec in ok], s=3, color=color,
+                           label="adaptive: top-1 of the config of each request")
         else:
-            ax_cfg.axhline(r["mean_top1"], ls=":", lw=1, label=f"{name}")
+            ax_cfg.axhline(r["mean_top1"], ls=":", lw=1.5, color=color,
+                           label=f"{name} (attainment {r['attainment']:.3f})")
     ax_lat.axhline(slo_ms, color="k", lw=1, label=f"SLO {slo_ms:g} ms")
     ax_lat.set_yscale("log")
     ax_lat.set_ylabel("latency (ms, end to end)")
