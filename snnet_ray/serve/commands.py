@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--results-checkpoint", default=None, metavar="NAME",
                    help="evaluated checkpoint whose top-1 to use (default: the run's latest)")
     p.add_argument("--slo-ms", type=float, default=50.0, metavar="T", help="latency objective per request (ms)")
+    p.add_argument("--headroom", type=float, default=0.2, metavar="F",
+                   help="share of the SLO the replica leaves to Serve's proxy, the network and noise (default 0.2)")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--num-replicas", type=int, default=None, metavar="N", help="fixed replica count (default 1)")
     scale.add_argument("--autoscaling", action="store_true",
@@ -89,7 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
     model = model if "://" in model else os.path.abspath(resolve_model_dir(model))
     options = ServeOptions(
         model=model, results=results, run=args.run, checkpoint=args.results_checkpoint, slo_ms=args.slo_ms,
-        fixed_config=args.fixed_config, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+        headroom=args.headroom, up_headroom=max(0.4, args.headroom), fixed_config=args.fixed_config,
+        max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
         max_images=min(args.max_images, args.max_batch_size),
     )
     attached = bool(args.address or os.environ.get("RAY_ADDRESS"))
