@@ -93,10 +93,8 @@ def main() -> int:
             what = f"config {options['fixed_config']}" if options["fixed_config"] is not None else \
                 f"the frontier ({len(frontier)} configs)"
             print(f"\n{name}: serving {what}")
-            # Unrecorded warm-up at the low rate: the rollout's background work and first batches settle.
-            warm = [i / phases[0][1] for i in range(int(args.warmup_s * phases[0][1]))]
-            asyncio.run(_drive(url, body, warm, args.time_limit, args.timeout_s))
-            records = asyncio.run(_drive(url, body, schedule, args.time_limit, args.timeout_s))
+            records = asyncio.run(_drive(url, body, schedule, args.time_limit, args.timeout_s, args.warmup_s,
+                                         phases[0][1]))
             runs[name] = {"fixed_config": options["fixed_config"], "records": records,
                           **_summarise(records, args.slo_ms, phases[-1][2])}
             r = runs[name]
@@ -191,12 +189,18 @@ def _schedule(phases: list[tuple[str, float, float]], seed: int, max_requests: i
     return out
 
 
-async def _drive(url: str, body: bytes, schedule: list[float], time_limit: float,
-                 timeout_s: float) -> list[tuple[float, float, int | None, float | None]]:
-    """Open loop: every request leaves at its scheduled time whatever the answers do.
+async def _drive(url: str, body: bytes, schedule: list[float], time_limit: float, timeout_s: float,
+                 warmup_s: float, warmup_rate: float) -> list[tuple[float, float, int | None, float | None]]:
+    """Open loop: every request leaves at its scheduled time whatever the answers do, after an
+    unrecorded warm-up at `warmup_rate` on the same connections (the rollout's work settles first).
     Returns (sent at s, latency ms or inf, config id, top-1) per request."""
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
+        start = time.perf_counter()
+        warm = [i / warmup_rate for i in range(int(warmup_s * warmup_rate))]
+        for at in warm:
+            await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+            await client.post("/v1/classify", content=body, headers={"content-type": "application/json"})
         start = time.perf_counter()
 
         async def one(at: float) -> tuple[float, float, int | None, float | None]:

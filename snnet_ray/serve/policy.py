@@ -5,8 +5,8 @@ the stitching positions". Serving keeps that promise per batch: the replica runs
 config of the served frontier whose predicted service time, added to the time its requests have
 already waited, meets the latency SLO and every request's own budget; requests still queued behind
 the batch are planned with the same config, so rising load steps the choice down the frontier
-before the queue blows the SLO. It steps back up one config at a time, and only after `up_after`
-batches in a row had room for the next config with extra headroom (hysteresis: no flapping).
+before the queue blows the SLO. It steps back up only after `up_after` batches in a row had room
+for a better config with extra headroom (hysteresis: no flapping), then to the best such config.
 
     decision = choose_config(frontier, predict_ms, batch, queued, now, state, PolicyConfig(slo_ms=50))
     decision.config, decision.state     # run this config; keep the state for the next batch
@@ -136,16 +136,20 @@ def choose_config(
             frontier[k].id, predict_ms, arrival_rate, config, 1.0 - slack
         )
 
-    # 1. The load level, with hysteresis: down at once to the best config that fits, up one step at a
-    #    time once the next config has fitted with extra room for `up_after` batches in a row.
+    # 1. The load level, with hysteresis: down at once to the best config that fits; up only once a
+    #    better config has fitted with extra room (up_headroom) for `up_after` batches in a row, and
+    #    then to the best config that fits with that room now.
     if not fits(level, slo_only, config.headroom):
         below = [k for k in range(level - 1, -1, -1) if fits(k, slo_only, config.headroom)]
         state = PolicyState(level=below[0] if below else 0)
-    elif level < top and fits(level + 1, slo_only, config.up_headroom):
-        streak = state.up_streak + 1
-        state = PolicyState(level=level + 1) if streak >= config.up_after else PolicyState(level, streak)
     else:
-        state = PolicyState(level=level)
+        up = next((k for k in range(top, level, -1) if fits(k, slo_only, config.up_headroom)), None)
+        if up is None:
+            state = PolicyState(level=level)
+        elif state.up_streak + 1 >= config.up_after:
+            state = PolicyState(level=up)
+        else:
+            state = PolicyState(level=level, up_streak=state.up_streak + 1)
 
     # 2. This batch: the best config at or below the level that meets every request's own budgets.
     max_gmacs = min((p.max_gmacs for p in batch if p.max_gmacs is not None), default=None)
