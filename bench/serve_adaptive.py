@@ -22,7 +22,7 @@ a log-GMACs curve over the published DeiT-Ti/S/B range (70.6-82.0), monotone in 
 SN-Net's frontier is; it ranks the configs, which is all the policy reads. With --model and
 --results/--run the real per-config top-1 is used.
 
-    python bench/serve_adaptive.py [--slo-ms 200] [--phases low:5:5,high:15:6,spike:30:5,after:5:6] [--images 4]
+    python bench/serve_adaptive.py [--slo-ms 200] [--phases low:5:5,high:20:6,spike:45:5,after:5:6] [--images 4]
 
 Requests carry 4 images each (JSON, base64): per-request overhead (Serve's proxy, HTTP) is then small
 next to the model's work, which is what the policy trades. Each policy gets --warmup-s of unrecorded
@@ -319,7 +319,7 @@ def _free_port() -> int:
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--slo-ms", type=float, default=200.0)
-    p.add_argument("--phases", default="low:5:5,high:15:6,spike:30:5,after:5:6",
+    p.add_argument("--phases", default="low:5:5,high:20:6,spike:45:5,after:5:6",
                    help="name:requests per s:seconds, comma-separated")
     p.add_argument("--max-requests", type=int, default=3000, help=f"requests per policy (<= {MAX_REQUESTS})")
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds of load per policy (<= 300)")
