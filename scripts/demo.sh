@@ -6,6 +6,7 @@
 #   3. start a local Ray head (its own ports)
 #   4. ray job submit jobs/train_swin.py --config tiny_digits (least-squares init, DeepSpeed, evaluation)
 #   5. show the per-config table and the Pareto plot, stop the Ray head, serve the results page
+#   6. serve the trained SN-Net (snnet-ray serve, its own local Ray) and classify a few validation images
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"   # `ray start` and the job's `python` come from the project's venv
@@ -33,14 +34,14 @@ mkdir -p "$OUT"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1/5 digits shards -> $DATA"
+step "1/6 digits shards -> $DATA"
 snnet-ray shards digits --out "$DATA"
 
-step "2/5 tiny Swin anchors (trained once, then cached)"
+step "2/6 tiny Swin anchors (trained once, then cached)"
 WEIGHTS=$(snnet-ray pretrain-anchors --config tiny_digits --set data.root="$DATA" --out "$OUT/anchors")
 echo "anchors: $WEIGHTS"
 
-step "3/5 local Ray head (port $RAY_PORT, dashboard $DASHBOARD_PORT)"
+step "3/6 local Ray head (port $RAY_PORT, dashboard $DASHBOARD_PORT)"
 # Token authentication with the demo's own token: the head, `ray job submit` and the job share it.
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$OUT/ray_auth_token"
 [ -s "$RAY_AUTH_TOKEN_PATH" ] || python -c "import secrets; print(secrets.token_hex(32))" >"$RAY_AUTH_TOKEN_PATH"
@@ -66,7 +67,7 @@ for _ in $(seq 120); do
     sleep 1
 done
 
-step "4/5 ray job submit -- python jobs/train_swin.py --config tiny_digits"
+step "4/6 ray job submit -- python jobs/train_swin.py --config tiny_digits"
 ray job submit --address "http://127.0.0.1:$DASHBOARD_PORT" --working-dir . \
     --runtime-env cluster/runtime_env.yaml -- \
     python jobs/train_swin.py --config tiny_digits \
@@ -77,7 +78,7 @@ ray job submit --address "http://127.0.0.1:$DASHBOARD_PORT" --working-dir . \
         --set results.port="$SERVE_PORT" \
         --set run.name="$RUN"
 
-step "5/5 results"
+step "5/6 results"
 stop_ray
 trap - EXIT
 snnet-ray results show --db "$DB" --run "$RUN"
@@ -91,6 +92,37 @@ nohup snnet-ray results serve --db "$DB" --host 127.0.0.1 --port "$PAGE_PORT" >"
 echo $! >"$OUT/results.pid"
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PAGE_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
 kill -0 "$(cat "$OUT/results.pid")" 2>/dev/null || { tail -5 "$OUT/results_server.log"; exit 1; }
+
+step "6/6 elastic serving: snnet-ray serve, then POST /v1/classify with validation images"
+# Its own local Ray (ended with the command), the run's checkpoint and per-config top-1 from the database.
+INFER_PORT=$(free_port 8100)
+snnet-ray serve --results "$DB" --run "$RUN" --port "$INFER_PORT" --cpus 1 >"$OUT/serve.log" 2>&1 &
+SERVE_PID=$!
+stop_serve() { kill -TERM "$SERVE_PID" 2>/dev/null || true; wait "$SERVE_PID" 2>/dev/null || true; }
+trap stop_serve EXIT
+for _ in $(seq 240); do
+    curl -sf "http://127.0.0.1:$INFER_PORT/healthz" >/dev/null 2>&1 && break
+    kill -0 "$SERVE_PID" 2>/dev/null || { tail -20 "$OUT/serve.log"; exit 1; }
+    sleep 0.5
+done
+python - "$DATA" "http://127.0.0.1:$INFER_PORT" <<'PY'
+import glob, json, sys, tarfile, urllib.request
+data, url = sys.argv[1], sys.argv[2]
+info = json.load(urllib.request.urlopen(f"{url}/v1/configs"))
+print(f"serving {len(info['configs'])} frontier configs on {info['device']} (SLO {info['slo_ms']:g} ms)")
+with tarfile.open(sorted(glob.glob(f"{data}/val-*.tar"))[0]) as tar:
+    members = {m.name: m for m in tar.getmembers()}
+    keys = sorted(n[:-4] for n in members if n.endswith(".png"))[:5]
+    for key in keys:
+        image, label = tar.extractfile(members[key + ".png"]).read(), tar.extractfile(members[key + ".cls"]).read()
+        req = urllib.request.Request(f"{url}/v1/classify?top_k=1", data=image, headers={"Content-Type": "image/png"})
+        out = json.load(urllib.request.urlopen(req))
+        best, cfg = out["predictions"][0][0], out["config"]
+        print(f"  {key}: label {int(label)}, predicted {best['class']} (p={best['probability']:.2f}) by config "
+              f"{cfg['id']} {cfg['name']} ({cfg['gmacs']:.4f} GMACs, top-1 {cfg['top1']:.1f}) in {out['time_ms']['total']:.1f} ms")
+PY
+stop_serve
+trap - EXIT
 
 echo
 echo "Pareto plot:   $OUT/pareto.png"

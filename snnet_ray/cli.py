@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "snnet_ray.eval.commands",
     "snnet_ray.results.commands",
     "snnet_ray.deploy.commands",
+    "snnet_ray.serve.commands",
     "snnet_ray.tune.commands",
     "snnet_ray.submit.commands",
 )

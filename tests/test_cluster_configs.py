@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import copy
 import logging
+import os
 import re
 import shlex
 import subprocess
@@ -32,6 +33,7 @@ README = CLUSTER / "README.md"
 RAYCLUSTER = CLUSTER / "kuberay" / "raycluster.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob-train-swin.yaml"
 RESULTS_SERVICE = CLUSTER / "kuberay" / "results-service.yaml"
+RAYSERVICE = CLUSTER / "kuberay" / "rayservice-serve.yaml"
 PRESETS = ROOT / "snnet_ray" / "presets"
 YAML_FILES = sorted(CLUSTER.rglob("*.yaml"))
 GPU = "nvidia.com/gpu"
@@ -351,6 +353,76 @@ def test_readme_walks_from_cluster_to_results_page_with_files_that_exist():
     assert not missing, f"the README names files that do not exist: {missing}"
 
 
+def test_rayservice_serves_the_elastic_app_with_autoscaling_and_in_place_rollouts():
+    from ray.serve.schema import ServeDeploySchema
+
+    from snnet_ray.serve.app import ElasticSNNet
+    from snnet_ray.serve.options import ServeOptions
+
+    doc = _one(_docs(RAYSERVICE), "RayService")
+    assert doc["apiVersion"] == "ray.io/v1"
+    spec = doc["spec"]
+    # KubeRay v1's RayService spec: the cluster is `rayClusterConfig` (RayJob's is `rayClusterSpec`).
+    assert set(spec) <= {"serveConfigV2", "rayClusterConfig", "upgradeStrategy", "serveService",
+                         "excludeHeadPodFromServeSvc", "deploymentUnhealthySecondThreshold",
+                         "serviceUnhealthySecondThreshold", "rayClusterDeletionDelaySeconds", "suspend", "managedBy"}
+    assert spec["upgradeStrategy"]["type"] in ("NewCluster", "NewClusterWithIncrementalUpgrade", "None")
+    cluster = spec["rayClusterConfig"]
+    assert cluster["rayVersion"] == _one(_docs(RAYCLUSTER), "RayCluster")["spec"]["rayVersion"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    for group in cluster["workerGroupSpecs"]:
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert int(limits[GPU]) >= 1
+    for pod in _pod_specs(cluster):
+        assert pod.get("serviceAccountName"), "replicas read the checkpoint from S3 with the service account"
+
+    # serveConfigV2 is a string KubeRay hands to Serve: it must pass Serve's own schema.
+    config = ServeDeploySchema.model_validate(yaml.safe_load(spec["serveConfigV2"]))
+    (app,) = config.applications
+    module, attr = app.import_path.split(":")
+    assert module == "snnet_ray.serve.app" and (ROOT / "snnet_ray/serve/app.py").is_file() and attr == "build"
+    (deployment,) = app.deployments
+    assert deployment.name == ElasticSNNet.name
+    autoscaling = deployment.autoscaling_config
+    assert autoscaling["target_ongoing_requests"] > 0 and autoscaling["min_replicas"] <= autoscaling["max_replicas"]
+    assert deployment.ray_actor_options.num_gpus == 1
+    # The model lives in user_config: a new checkpoint is a user_config change, applied by reconfigure.
+    options = ServeOptions.model_validate(deployment.user_config)
+    assert options.model.startswith("s3://") and options.run and options.results
+    results_svc = _one(_docs(RESULTS_SERVICE), "Service")
+    assert options.results == f"http://{results_svc['metadata']['name']}:{results_svc['spec']['ports'][0]['port']}"
+    head_ports = {p["containerPort"] for p in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert yaml.safe_load(spec["serveConfigV2"])["http_options"]["port"] in head_ports
+
+
+@pytest.mark.skipif(not os.environ.get("KUBERAY_CRD_DIR"), reason="set KUBERAY_CRD_DIR to KubeRay's "
+                    "ray-operator/config/crd/bases to validate the manifests against its CRDs")
+def test_kuberay_manifests_validate_against_kuberays_crds():
+    """Every RayCluster/RayJob/RayService against the CRD's openAPIV3Schema, unknown fields refused
+    (Kubernetes would silently prune a misspelt key)."""
+    import jsonschema
+
+    crds = Path(os.environ["KUBERAY_CRD_DIR"])
+    checked = 0
+    for path, docs in _kuberay_docs():
+        for doc in docs:
+            kind = doc.get("kind", "")
+            crd_file = crds / f"ray.io_{kind.lower()}s.yaml"
+            if not kind.startswith("Ray") or not crd_file.is_file():
+                continue
+            crd = yaml.safe_load(crd_file.read_text())
+            version = doc["apiVersion"].split("/")[1]
+            schema = next(v for v in crd["spec"]["versions"] if v["name"] == version)["schema"]["openAPIV3Schema"]
+            _refuse_unknown_fields(schema)
+            schema["properties"]["metadata"] = {"type": "object"}
+            errors = [f"{'.'.join(map(str, e.path))}: {e.message[:200]}"
+                      for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+            assert not errors, f"{path.name} ({kind}): {errors[:5]}"
+            checked += 1
+    assert checked >= 4
+
+
 # ---- helpers -------------------------------------------------------------------------------
 
 
@@ -385,6 +457,18 @@ def _ray_cluster_specs(docs: list[Any]) -> Iterator[dict[str, Any]]:
             yield doc["spec"]["rayClusterSpec"]
         elif doc.get("kind") == "RayService" and "rayClusterConfig" in doc["spec"]:
             yield doc["spec"]["rayClusterConfig"]
+
+
+def _refuse_unknown_fields(node: Any) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node \
+                and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node["additionalProperties"] = False
+        for value in node.values():
+            _refuse_unknown_fields(value)
+    elif isinstance(node, list):
+        for value in node:
+            _refuse_unknown_fields(value)
 
 
 def _pod_specs(spec: dict[str, Any]) -> list[dict[str, Any]]:
