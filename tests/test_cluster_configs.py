@@ -156,7 +156,9 @@ def test_gpu_nodes_get_efa_in_a_placement_group_and_the_runtime_env_uses_it():
 
 def test_kuberay_gpu_pods_get_efa_or_infiniband():
     for path, docs in _kuberay_docs():
-        for spec in _ray_cluster_specs(docs):
+        # Training pods all-reduce gradients across nodes; a RayService's replicas run no collectives.
+        training = [d for d in docs if d.get("kind") != "RayService"]
+        for spec in _ray_cluster_specs(training):
             for group in spec["workerGroupSpecs"]:
                 container = group["template"]["spec"]["containers"][0]
                 limits, requests = container["resources"]["limits"], container["resources"]["requests"]
