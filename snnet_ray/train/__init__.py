@@ -17,7 +17,7 @@ __all__, __getattr__ = lazy_exports(
         "report_checkpoint": ".checkpoint",
         "restore_checkpoint": ".checkpoint",
         "DeepSpeedConfig": ".deepspeed_config",
-        "OrderedGradients": ".engine",
+        "GlobalOrderGradients": ".engine",
         "build_engine": ".engine",
         "optimizer_step": ".engine",
         "unwrap": ".engine",
