@@ -115,7 +115,8 @@ def select(engine_or_module: Any, config_id: int, every_rank: Sequence[Hashable]
     module = getattr(engine_or_module, "module", engine_or_module)
     unwrap(module).select(config_id)
     if isinstance(module, GlobalOrderGradients):
-        module.plan(every_rank)
+        boundary = getattr(engine_or_module, "is_gradient_accumulation_boundary", lambda: True)()
+        module.plan(every_rank, last_of_step=boundary)
 
 
 def optimizer_step(engine: DeepSpeedEngine) -> bool:
@@ -206,7 +207,8 @@ class GlobalOrderGradients(nn.Module):
         self._rank_of = {n: i for i, n in enumerate(self._order)}
         self._params = dict(model.named_parameters())
         self._ranks_of_config: dict[int, frozenset[int]] = {}
-        self._plan: tuple[int, ...] | None = None
+        self._plan: set[int] | None = set()
+        self._last_of_step = True
         self._chain: _Chain | None = None
         # (owner module, attribute, full name) of every trainable parameter, by piece
         slots = {id(p): (owner, leaf, f"{prefix}.{leaf}" if prefix else leaf)
@@ -221,14 +223,26 @@ class GlobalOrderGradients(nn.Module):
                 piece.register_forward_hook(functools.partial(self._leave_piece, piece_slots), always_call=True)
         self._loose = [slot for key, slot in slots.items() if key not in covered]
 
-    def plan(self, every_rank: Sequence[Hashable] | None) -> None:
-        """The configs every rank runs in the next forward (None: all parameters)."""
-        self._plan = None if every_rank is None else tuple(sorted({int(c) for c in every_rank}))
+    def plan(self, every_rank: Sequence[Hashable] | None, last_of_step: bool = True) -> None:
+        """The configs every rank runs in the next forward (None: all parameters).
+
+        Plans add up over the micro-steps of one optimizer step (gradient accumulation), until
+        the one marked `last_of_step`: ZeRO-1 reduces the gradients accumulated over the step at
+        its last micro-step, through the hooks that fire then, so that micro-step must release
+        every parameter any rank used in the whole step.
+        """
+        if self._last_of_step:
+            self._plan = set()
+        self._last_of_step = last_of_step
+        if every_rank is None or self._plan is None:
+            self._plan = None
+        else:
+            self._plan.update(int(c) for c in every_rank)
 
     def chained_names(self, plan: Sequence[Hashable] | None = None) -> list[str]:
         """Parameter names in the chain for `plan` (default: the current plan), in release order."""
-        key = self._plan if plan is None else tuple(sorted({int(c) for c in plan}))
-        if key is None:
+        key = self._plan if plan is None else {int(c) for c in plan}
+        if key is None or (plan is None and not key):
             return self._order
         used: set[int] = set()
         for cfg_id in key:
@@ -242,6 +256,8 @@ class GlobalOrderGradients(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         names = self.chained_names()
+        if self._last_of_step:
+            self._plan = set()  # the step's plan is spent: a forward without a new plan releases everything
         if not names or not torch.is_grad_enabled():
             return self.model(*args, **kwargs)
         chain = _Chain(names, self._params)

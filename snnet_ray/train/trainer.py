@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from snnet_ray.train.config import ExperimentConfig, load_experiment
+from snnet_ray.train.step import StepWindow
 
 __all__ = ["Trainer", "train_loop_per_worker"]
 
@@ -61,6 +62,8 @@ class Trainer:
         # 2. model: identical initial weights on every rank (same seed), pretrained anchors from files
         torch.manual_seed(cfg.seed)
         self.model = _build_model(cfg).to(self.device)
+        if cfg.model.compile:
+            self.model.compile_blocks()  # regional: every block once, no recompile per config
         # 3. data
         self.progress = TrainProgress()
         self.train_loader = self._train_loader(seed_offset=0)
@@ -91,7 +94,14 @@ class Trainer:
 
         self.engine = build_engine(self.model, optimizer, scheduler, cfg.deepspeed, self.sampler.synchronized)
         self.snnet = unwrap(self.engine)
-        self.dtype = next(self.snnet.parameters()).dtype
+        # One precision policy (snnet_ray.precision): the engine's, evaluation's and the benchmarks'.
+        self.precision = cfg.deepspeed.precision(self.device.type)
+        self.dtype = self.precision.param_dtype
+        from snnet_ray.data.device import DeviceFinisher
+        from snnet_ray.train.step import TrainStep
+
+        finish = DeviceFinisher(cfg.data, self.model.num_classes, self.device) if cfg.data.finish_on_device else None
+        self.step_fn = TrainStep(self.engine, self.criterion, self.device, self.precision, finish)
         # 9. restore
         self.states = {"progress": self.progress, "sampler": self.sampler, "rng": RandomState()}
         self.resumed = False
@@ -118,8 +128,6 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
     def train(self) -> None:
-        from snnet_ray.train.engine import optimizer_step
-
         cfg = self.cfg
         if cfg.eval.at_start and not self.resumed:
             self.evaluate("init", cfg.eval.configs, cfg.eval.max_shards)
@@ -130,16 +138,12 @@ class Trainer:
             for _ in range(min(epoch_steps, self.total_steps - self.progress.step)):
                 start = time.perf_counter()
                 for _ in range(self.accumulation):
-                    images, targets = next(batches)
-                    images = images.to(self.device, self.dtype, non_blocking=True)
-                    targets = targets.to(self.device, non_blocking=True)
-                    self.snnet.select(self.sampler.sample(self.progress.micro_step))
-                    loss = self.criterion(self.engine(images), targets, images)
-                    self.engine.backward(loss)
-                    optimizer_step(self.engine)
+                    images, targets = next(batches)  # uint8, finished on the device by step_fn
+                    micro = self.progress.micro_step
+                    every_rank = self.sampler.assignment(micro)  # seeded: the union to reduce
+                    self.step_fn(images, targets, self.sampler.sample(micro), every_rank, window)
                     self.progress.micro_step += 1
-                    self.progress.samples += len(images) * self.world
-                    window.add(loss.detach(), len(images))
+                    self.progress.samples += len(targets) * self.world
                 self.progress.step += 1
                 window.tick(time.perf_counter() - start)
                 self._after_step(window)
@@ -331,22 +335,7 @@ class Trainer:
             print(f"[snnet-ray] {message}", flush=True)
 
 
-class _Window:
-    """Loss and throughput since the last metrics report (this rank)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_sum, self.images, self.seconds, self.steps = 0.0, 0, 0.0, 0
-
-    def add(self, loss: torch.Tensor, images: int) -> None:
-        self.loss_sum += float(loss) * images
-        self.images += images
-
-    def tick(self, seconds: float) -> None:
-        self.seconds += seconds
-        self.steps += 1
+_Window = StepWindow  # loss summed on the device; read at log steps only (train/step.py)
 
 
 def _build_model(cfg: ExperimentConfig):
