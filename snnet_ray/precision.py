@@ -65,6 +65,9 @@ class PrecisionPolicy:
         """The DeepSpeed config keys this policy sets (bf16 mode and the communication dtype)."""
         section: dict[str, Any] = {"bf16": {"enabled": self.bf16}}
         if self.bf16:
+            # bf16 has fp32's exponent range: no loss scale, nothing to overflow; DeepSpeed's check
+            # would read a flag back from the GPU (a host sync) at every optimizer step.
+            section["bf16"]["check_grad_overflow"] = False
             section["communication_data_type"] = "fp32" if self.reduce_dtype == torch.float32 else "bf16"
         return section
 

@@ -142,6 +142,10 @@ class DeepSpeedConfig:
                 overlap_comm=self.overlap_comm,
                 contiguous_gradients=True,
             )
+            if self.zero_stage in (1, 2) and not self.gradient_clipping:
+                # Without clipping the global norm is unused, and DeepSpeed's finiteness check of
+                # it reads the device back at every optimizer step.
+                zero["compute_grad_norm"] = False
         if self.zero_stage == 3:
             zero.update(stage3_prefetch_bucket_size=bucket)
         config: dict[str, Any] = {
