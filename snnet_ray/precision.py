@@ -45,7 +45,9 @@ class PrecisionPolicy:
     """Dtype gradients are summed across ranks in."""
 
     @classmethod
-    def for_device(cls, device_type: str | torch.device, bf16: bool = True, reduce_dtype: str = "fp32") -> PrecisionPolicy:
+    def for_device(
+        cls, device_type: str | torch.device, bf16: bool = True, reduce_dtype: str = "fp32"
+    ) -> PrecisionPolicy:
         """The policy on `device_type`: bf16 weights on GPUs when `bf16`, fp32 on CPUs.
 
         `reduce_dtype` is 'fp32' (default, exact-ish sums over many ranks) or 'bf16' (half the bytes).

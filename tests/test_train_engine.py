@@ -77,7 +77,8 @@ def test_without_a_plan_every_parameter_is_released_in_the_global_order(snnet):
     assert sorted(order) == sorted(n for n, p in snnet.named_parameters() if p.requires_grad)
     # the output side first: a head before any block, the front anchor's embedding last of its anchor
     assert order.index("anchors.2.model.head.weight") < order.index("anchors.2.model.blocks.0.attn.qkv.weight")
-    assert order.index("anchors.0.model.blocks.0.attn.qkv.weight") < order.index("anchors.0.model.patch_embed.proj.weight")
+    embed = order.index("anchors.0.model.patch_embed.proj.weight")
+    assert order.index("anchors.0.model.blocks.0.attn.qkv.weight") < embed
     select(wrapped, snnet.configs[0].id)
     fired, _ = _backward_with_hooks(snnet, wrapped, torch.randn(2, 3, 32, 32))
     assert fired == order

@@ -286,7 +286,8 @@ def test_zero_stage_matches_the_single_process_reference(parity_runs, stage, sam
     assert diverged == (sampler_name == "uniform"), configs
     assert len({c[0] for c in configs}) > 1  # paths change between steps: parameters go unused
 
-    ranks = [torch.load(out / f"stage{stage}_{sampler_name}_{overlap}_rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    files = [out / f"stage{stage}_{sampler_name}_{overlap}_rank{r}.pt" for r in range(WORLD)]
+    ranks = [torch.load(f, weights_only=False) for f in files]
     for name, p in ranks[0]["params"].items():
         assert torch.equal(p, ranks[1]["params"][name]), f"{name} differs across ranks"
     params, lrs = reference_run(config["steps"], config["accumulation"], sampler_name)

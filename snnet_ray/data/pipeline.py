@@ -251,7 +251,9 @@ class _TrainDataset(IterableDataset):
             partial(_encoded_train, skips=self.skips)
             if cfg.decode_on_device
             else partial(_decode_train, transform=self.transform, skips=self.skips),
-            wds.batched(cfg.batch_size, collation_fn=_collate_encoded if cfg.decode_on_device else _collate, partial=False),
+            wds.batched(
+                cfg.batch_size, collation_fn=_collate_encoded if cfg.decode_on_device else _collate, partial=False
+            ),
             partial(_mix, mixup=self.mixup) if self.mixup is not None else None,
         )
         return iter(pipeline.with_epoch(nbatches))

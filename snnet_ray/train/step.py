@@ -46,7 +46,9 @@ class StepWindow:
     @property
     def loss_tensor(self) -> torch.Tensor:
         """The summed loss as a float64 device tensor (for an all-reduce without a host round trip)."""
-        return self._loss if isinstance(self._loss, torch.Tensor) else torch.tensor(float(self._loss), dtype=torch.float64)
+        if isinstance(self._loss, torch.Tensor):
+            return self._loss
+        return torch.tensor(float(self._loss), dtype=torch.float64)
 
     @property
     def loss_sum(self) -> float:
