@@ -148,10 +148,9 @@ def _evaluate_part_impl(request: EvalRequest, config_ids: list[int], todo: list[
     """One Ray task: evaluate shards rank, rank+world, ... of `todo`; returns samples counted."""
     import torch
 
-    from snnet_ray.precision import PrecisionPolicy
-
     from snnet_ray.data import DataConfig, build_val_loader
     from snnet_ray.eval.evaluator import evaluate_shards, to_records
+    from snnet_ray.precision import PrecisionPolicy
     from snnet_ray.results import connect
     from snnet_ray.stitching.saving import load_snnet
 
