@@ -298,3 +298,26 @@ def test_loader_workers_come_from_the_cpus_per_worker():
     assert cfg.data.pin_memory and cfg.data.finish_on_device
     with pytest.raises(ValueError, match="decode_on_device needs finish_on_device"):
         DataConfig("/data", finish_on_device=False, decode_on_device=True)
+
+
+def test_jpeg_bytes_are_decoded_and_cropped_where_the_batch_is_finished(tmp_path):
+    """data.decode_on_device: the loader ships JPEG bytes; the finisher decodes (nvJPEG on CUDA,
+    the same torchvision decoder on this CPU), crops and flips them, then normalises and mixes."""
+    import numpy as np
+    from PIL import Image
+
+    from snnet_ray.data import write_imagefolder_shards
+
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        path = tmp_path / "src" / "train" / f"c{i % 2}" / f"img{i}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(path, format="JPEG")
+    write_imagefolder_shards(str(tmp_path / "src"), str(tmp_path / "shards"), shard_size=8, workers=1, progress=False)
+    cfg = DataConfig(str(tmp_path / "shards"), input_size=32, batch_size=4, num_workers=0, decode_on_device=True,
+                     shuffle_buffer=4, shuffle_initial=2)
+    encoded, labels = next(iter(build_train_loader(cfg, rank=0, world_size=1)))
+    assert isinstance(encoded, list) and all(e.dtype == torch.uint8 and e.ndim == 1 for e in encoded)
+    x, soft = DeviceFinisher(cfg, 2, "cpu")(encoded, labels)
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+    assert soft.shape == (4, 2)

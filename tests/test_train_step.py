@@ -90,6 +90,7 @@ def test_micro_steps_between_log_steps_never_read_the_device(one_rank_group, zer
     assert engine.global_steps == 3
     # the log step reads the window once: the mean of the micro-steps' losses
     per_micro = [float(b - a) for a, b in zip([torch.zeros((), dtype=torch.float64), *losses], losses)]
+    assert window.images == 24
     assert window.loss_sum / 24 == pytest.approx(sum(per_micro) / 24)
     assert all(v > 0 for v in per_micro)
     engine.destroy()

@@ -49,8 +49,15 @@ class DeviceFinisher:
             else None
         )
         self.mixup = build_mixup(cfg, num_classes)
+        self.cfg = cfg
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(images, torch.Tensor):  # JPEG bytes (data.decode_on_device)
+            cfg = self.cfg
+            decoded = decode_jpeg_batch(images, self.device)
+            images = resized_crop_batch(decoded, cfg.input_size, cfg.scale, cfg.ratio, cfg.hflip)
         if images.dtype != torch.uint8:
             raise TypeError(
                 f"DeviceFinisher takes uint8 batches (data.finish_on_device), got {images.dtype}; "

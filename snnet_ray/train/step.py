@@ -38,6 +38,7 @@ class StepWindow:
     def add(self, loss: torch.Tensor, images: int) -> None:
         """Add a micro-batch's mean loss (a device tensor; no sync)."""
         self._loss = loss.detach().to(torch.float64) * images + self._loss
+        self.images += images
 
     def tick(self, seconds: float) -> None:
         self.seconds += seconds
