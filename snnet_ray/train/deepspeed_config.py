@@ -83,7 +83,8 @@ class DeepSpeedConfig:
             return self.reduce_bucket_size
         if not num_parameters:
             return _MAX_BUCKET
-        return int(min(max(num_parameters // 4, _MIN_BUCKET), _MAX_BUCKET))
+        size = int(min(max(num_parameters // 4, _MIN_BUCKET), _MAX_BUCKET))
+        return size - size % 1024  # DeepSpeed wants bucket sizes aligned (to 2 elements at least)
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-steps per optimizer step; raises ValueError when the batch sizes do not divide."""
@@ -138,7 +139,7 @@ class DeepSpeedConfig:
         if self.zero_stage > 0:
             zero.update(
                 reduce_bucket_size=bucket,
-                allgather_bucket_size=bucket,
+                allgather_bucket_size=bucket + bucket % 2,  # DeepSpeed asserts an even size
                 overlap_comm=self.overlap_comm,
                 contiguous_gradients=True,
             )
