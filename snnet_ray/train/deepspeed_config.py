@@ -24,7 +24,7 @@ from snnet_ray.train.samplers import is_synchronized
 
 __all__ = ["DeepSpeedConfig"]
 
-_MIN_BUCKET, _MAX_BUCKET = 1_000_000, 50_000_000
+_MIN_BUCKET, _MAX_BUCKET = 1 << 20, 50_000_000
 
 
 @dataclass
