@@ -124,7 +124,7 @@ def _worker(rank: int, port: int, args: dict, out: str) -> None:
                     if design == "new":
                         select(eng, cfg, sampler.assignment(micro))
                     else:
-                        unwrap(eng).select(cfg)
+                        eng.module.model.select(cfg)  # the old wrapper: unwrap() no longer knows it
                     eng.backward(torch.nn.functional.cross_entropy(eng(x), y))
                     eng.step()
             times[design].append((time.perf_counter() - start) / args["micro_steps"])
