@@ -40,7 +40,9 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-STEP_MS = Path(__file__).resolve().parents[2] / "shared" / "data" / "deit_ti_s_b_h200_step_ms.json"
+_TABLE = Path("shared") / "data" / "deit_ti_s_b_h200_step_ms.json"
+# ../shared next to the checkout (a worktree may sit one level deeper)
+STEP_MS = next((p / _TABLE for p in Path(__file__).resolve().parents if (p / _TABLE).is_file()), _TABLE)
 DEIT = ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]
 SMALL = (
     [
@@ -143,7 +145,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     return {k: min(v) for k, v in times.items()}
 
 
-def model_exposed(n: int, bucket: int, old: bool, seed: int = 0, steps: int = 2000) -> dict[str, float]:
+def model_exposed(n: int, bucket: int, old: bool, seed: int = 0, steps: int = 300) -> dict[str, float]:
     """Mean exposed reduction ms and its share of the step, `n` GPUs, DeiT-Ti/S/B, uniform sampler."""
     from snnet_ray import SNNet
     from snnet_ray.train.engine import GlobalOrderGradients
@@ -188,6 +190,8 @@ def main() -> None:
     from snnet_ray import SNNet
     from snnet_ray.train.deepspeed_config import DeepSpeedConfig
 
+    if not STEP_MS.is_file():
+        sys.exit(f"per-config step times not found: {_TABLE} (looked in every folder above bench/)")
     t = measure(args)
     cpu = {d: (t[d] - t["compute"]) / t[d] for d in ("old", "new")}
     n_params = sum(p.numel() for p in SNNet.from_timm(DEIT, device="meta").parameters())
