@@ -204,9 +204,9 @@ class GlobalOrderGradients(nn.Module):
         super().__init__()
         self.model = model
         self._order = release_order(model)
-        self._rank_of = {n: i for i, n in enumerate(self._order)}
+        self._position_of = {n: i for i, n in enumerate(self._order)}
         self._params = dict(model.named_parameters())
-        self._ranks_of_config: dict[int, frozenset[int]] = {}
+        self._positions_of_config: dict[int, frozenset[int]] = {}
         self._plan: set[int] | None = set()
         self._last_of_step = True
         self._chain: _Chain | None = None
@@ -246,12 +246,12 @@ class GlobalOrderGradients(nn.Module):
             return self._order
         used: set[int] = set()
         for cfg_id in key:
-            if cfg_id not in self._ranks_of_config:
+            if cfg_id not in self._positions_of_config:
                 ids = {id(p) for m in _config_parts(self.model, cfg_id) for p in m.parameters()}
-                self._ranks_of_config[cfg_id] = frozenset(
-                    self._rank_of[n] for n, p in self._params.items() if id(p) in ids and n in self._rank_of
+                self._positions_of_config[cfg_id] = frozenset(
+                    self._position_of[n] for n, p in self._params.items() if id(p) in ids and n in self._position_of
                 )
-            used |= self._ranks_of_config[cfg_id]
+            used |= self._positions_of_config[cfg_id]
         return [self._order[i] for i in sorted(used)]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
