@@ -258,7 +258,6 @@ PARITY_RUNS = [
     (0, "uniform", False),
     (1, "uniform", True),
     (2, "uniform", True),
-    (2, "uniform", False),
     (2, "synchronized", True),
     (3, "synchronized", True),
 ]
