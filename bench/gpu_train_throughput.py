@@ -3,7 +3,8 @@
 The config is the DeiT-S->B stitch whose GMACs lie closest to the middle of the two anchors'.
 Four modes, each pair interleaved step by step so noise hits both alike:
 
-  eager      SNNet (selected config) vs the hand-written path (bench/paths.py), bf16 autocast
+  eager      SNNet (selected config) vs the hand-written path (bench/paths.py), bf16 weights (the
+             training precision policy, snnet_ray.precision)
   blocks     the same after `torch.compile` of every transformer block ("regional" compilation:
              every config runs compiled blocks, no recompile per config); compile time is the
              first steps' extra time over the median step
@@ -19,7 +20,6 @@ DeiT-B 2621 train images/s at batch 128, bf16, eager.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from snnet_ray import SNNet
+from snnet_ray.precision import PrecisionPolicy
 
 sys.path.insert(0, str(Path(__file__).parent / "lib"))
 from hand_written import HandWrittenPath
@@ -42,16 +43,15 @@ def middle_stitch(model: SNNet, front: int, back: int) -> int:
     return min(stitches, key=lambda c: abs(model.cost(c.id).gmacs - target)).id
 
 
-def make_step(module: nn.Module, device: torch.device, dtype: torch.dtype | None):
-    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda")
+def make_step(module: nn.Module, device: torch.device):
+    """A train step of `module` as it is held (the precision policy casts weights beforehand)."""
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4, fused=True)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        amp = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        with amp:
-            loss = nn.functional.cross_entropy(module(x).float(), y)
+        loss = nn.functional.cross_entropy(module(x).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -91,28 +91,27 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else None
+    policy = PrecisionPolicy.for_device(device)  # what training runs: bf16 weights on GPUs
     torch.manual_seed(0)
     model = SNNet.from_timm(
         ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"],
         img_size=args.img_size,
         num_classes=1000,
-    ).to(device)
+    )
+    model = policy.cast_model(model, device)
     cfg_id = middle_stitch(model, 1, 2)
     model.select(cfg_id)
     model.train()
     hand = HandWrittenPath(model, cfg_id).train()
-    x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device)
+    x = policy.cast_input(torch.randn(args.batch, 3, args.img_size, args.img_size), device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
 
     rows = []
-    pair = {"snnet": make_step(model, device, dtype), "hand": make_step(hand, device, dtype)}
+    pair = {"snnet": make_step(model, device), "hand": make_step(hand, device)}
     eager = measure(pair, x, y, args.warmup, args.steps)
     rows.append({"mode": "eager", **{f"{k}_{m}": v for k, r in eager.items() for m, v in r.items()}})
     if not args.no_compile:
-        for adapter in model.anchors:  # regional compilation: the blocks both networks share
-            for _, _, blk in adapter.blocks():
-                blk.compile()
+        model.compile_blocks()  # regional compilation: the blocks both networks share
         compiled = measure(pair, x, y, args.warmup, args.steps)
         rows.append({"mode": "blocks compiled", **{f"{k}_{m}": v for k, r in compiled.items() for m, v in r.items()}})
 
@@ -120,7 +119,7 @@ def main() -> None:
     cost = model.cost(cfg_id)
     print(
         f"{name}, config {model.configs[cfg_id].name} ({model.describe(cfg_id)}), {cost.gmacs:.2f} GMACs, "
-        f"batch {args.batch}, {args.img_size}px, {'bf16 autocast' if dtype else 'fp32'}, median of {args.steps}"
+        f"batch {args.batch}, {args.img_size}px, {policy.describe()}, median of {args.steps}"
     )
     header = f"{'mode':<16} {'SNNet img/s':>11} {'hand img/s':>10} {'ratio':>6}"
     print(f"{header} {'SNNet warm-up s':>15} {'hand warm-up s':>14}")

@@ -20,6 +20,7 @@ from snnet_ray.data import (
     read_info,
     write_digits_shards,
 )
+from snnet_ray.data.device import DeviceFinisher
 
 SMALL = dict(input_size=32, batch_size=32, shuffle_buffer=64, shuffle_initial=16)
 
@@ -62,9 +63,13 @@ def test_train_epochs_have_equal_steps_on_every_rank_with_uneven_shards(digits, 
             counts[rank, epoch] = len(batches)
             first[rank, epoch] = batches[0][0]
             for images, targets in batches:
-                assert images.shape == (32, 3, 32, 32)
-                # mixup/cutmix on: soft, label-smoothed targets that sum to one
-                assert targets.shape == (32, 10) and torch.allclose(targets.sum(1), torch.ones(32))
+                # uint8 NCHW crops and class indices leave the loader; the device finishes them
+                assert images.shape == (32, 3, 32, 32) and images.dtype == torch.uint8
+                assert targets.shape == (32,) and targets.dtype == torch.long
+    x, soft = DeviceFinisher(cfg, 10, "cpu")(images, targets)
+    assert x.dtype == torch.float32 and x.shape == (32, 3, 32, 32)
+    # mixup/cutmix on: soft, label-smoothed targets that sum to one
+    assert soft.shape == (32, 10) and torch.allclose(soft.sum(1), torch.ones(32))
     assert set(counts.values()) == {22}
     assert not torch.equal(first[0, 0], first[1, 0])  # ranks read different data
     assert not torch.equal(first[0, 0], first[0, 1])  # and epochs differ
@@ -264,3 +269,56 @@ def test_train_transform_survives_every_randaugment_magnitude():
     transform = build_train_transform(DataConfig("/data", input_size=16, auto_augment="rand-m10-mstd0-n3-inc1"))
     image = Image.new("RGB", (20, 20), (200, 100, 50))
     assert all(transform(image).shape == (3, 16, 16) for _ in range(100))
+
+
+def test_device_finishing_matches_the_cpu_pipeline_normalisation(digits):
+    """Without augmentation randomness, finishing a uint8 batch on the device gives what the CPU
+    workers gave (normalised float), from a quarter of the bytes; erasing and mixing keep shapes."""
+    plain = dict(
+        SMALL, re_prob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0,
+        auto_augment=None, color_jitter=0.0,
+    )
+    cfg = DataConfig(str(digits), num_workers=0, samples_per_epoch=64, **plain)
+    images, labels = next(iter(build_train_loader(cfg, rank=0, world_size=1)))
+    cpu_images, cpu_labels = next(iter(build_train_loader(cfg.replace(finish_on_device=False), rank=0, world_size=1)))
+    assert images.dtype == torch.uint8 and cpu_images.dtype == torch.float32
+    x, y = DeviceFinisher(cfg, 10, "cpu")(images, labels)
+    torch.testing.assert_close(x, cpu_images, atol=1e-5, rtol=1e-5)
+    assert torch.equal(y, cpu_labels)
+    with pytest.raises(TypeError, match="uint8"):
+        DeviceFinisher(cfg, 10, "cpu")(x, y)
+
+
+def test_loader_workers_come_from_the_cpus_per_worker():
+    from snnet_ray.train.config import load_experiment
+
+    cfg = load_experiment("deit_ti_s_b_imagenet", ["data.root=/data", "scaling.cpus_per_worker=12"])
+    assert cfg.data.num_workers == 11  # one CPU for the training process
+    cfg = load_experiment("deit_ti_s_b_imagenet", ["data.root=/data", "data.num_workers=3"])
+    assert cfg.data.num_workers == 3
+    assert cfg.data.pin_memory and cfg.data.finish_on_device
+    with pytest.raises(ValueError, match="decode_on_device needs finish_on_device"):
+        DataConfig("/data", finish_on_device=False, decode_on_device=True)
+
+
+def test_jpeg_bytes_are_decoded_and_cropped_where_the_batch_is_finished(tmp_path):
+    """data.decode_on_device: the loader ships JPEG bytes; the finisher decodes (nvJPEG on CUDA,
+    the same torchvision decoder on this CPU), crops and flips them, then normalises and mixes."""
+    import numpy as np
+    from PIL import Image
+
+    from snnet_ray.data import write_imagefolder_shards
+
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        path = tmp_path / "src" / "train" / f"c{i % 2}" / f"img{i}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(path, format="JPEG")
+    write_imagefolder_shards(str(tmp_path / "src"), str(tmp_path / "shards"), shard_size=8, workers=1, progress=False)
+    cfg = DataConfig(str(tmp_path / "shards"), input_size=32, batch_size=4, num_workers=0, decode_on_device=True,
+                     shuffle_buffer=4, shuffle_initial=2)
+    encoded, labels = next(iter(build_train_loader(cfg, rank=0, world_size=1)))
+    assert isinstance(encoded, list) and all(e.dtype == torch.uint8 and e.ndim == 1 for e in encoded)
+    x, soft = DeviceFinisher(cfg, 2, "cpu")(encoded, labels)
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+    assert soft.shape == (4, 2)

@@ -27,9 +27,34 @@ def test_one_pass_equals_config_by_config(family):
     model = tiny_snnet(family).eval()
     least_squares_init(model, torch.randn(8, 3, 32, 32))
     images, labels = torch.randn(24, 3, 32, 32), torch.randint(0, 10, (24,))
-    assert evaluate_batch(model, images, labels) == evaluate_batch_by_config(model, images, labels)
     subset = [0, 3, len(model.configs) - 1]
-    assert evaluate_batch(model, images, labels, subset) == evaluate_batch_by_config(model, images, labels, subset)
+    # max_streams=3: stitches into one back anchor walk in several groups (bounded memory)
+    for ids, max_streams in ((None, 3), (subset, 16)):
+        _assert_same_counts(
+            evaluate_batch(model, images, labels, ids, max_streams=max_streams),
+            evaluate_batch_by_config(model, images, labels, ids),
+        )
+
+
+def _assert_same_counts(one_pass, by_config):
+    assert one_pass.keys() == by_config.keys()
+    for cfg_id, expected in by_config.items():
+        got = one_pass[cfg_id]
+        assert (got.samples, got.top1_correct, got.top5_correct) == (
+            expected.samples, expected.top1_correct, expected.top5_correct
+        ), cfg_id
+        assert got.loss_sum == pytest.approx(expected.loss_sum, rel=1e-4), cfg_id
+
+
+def test_one_pass_walks_each_anchor_once():
+    """DeiT-like family: one call per block of each anchor, whatever the number of stitches."""
+    model = tiny_snnet("vit").eval()
+    calls = []
+    for anchor in model.anchors:
+        for _, _, blk in anchor.blocks():
+            blk.register_forward_hook(lambda *_: calls.append(1))
+    evaluate_batch(model, torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    assert len(calls) == sum(sum(a.stage_depths) for a in model.anchors)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Single-process pieces of the harness: ordered gradients and per-rank training state files."""
+"""Single-process pieces of the harness: the global gradient release order and per-rank state files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from tiny_families import tiny_snnet
 
 from snnet_ray.train.checkpoint import RandomState, TrainProgress, load_states, save_states
-from snnet_ray.train.engine import OrderedGradients, needs_ordered_gradients, unwrap
+from snnet_ray.train.engine import GlobalOrderGradients, needs_ordered_gradients, release_order, select, unwrap
 from snnet_ray.train.samplers import build_sampler
 
 
@@ -20,25 +20,70 @@ def snnet():
     return tiny_snnet("vit")
 
 
-def test_ordered_gradients_match_plain_ones_and_zero_the_unused(snnet):
-    x = torch.randn(2, 3, 32, 32)
-    cfg = next(c for c in snnet.configs if not c.is_anchor)
-    snnet.select(cfg.id)
-    snnet.zero_grad(set_to_none=True)
-    snnet(x).square().mean().backward()
-    plain = {n: p.grad for n, p in snnet.named_parameters()}
-    snnet.zero_grad(set_to_none=True)
+def _backward_with_hooks(model, wrapped, x):
+    """Backward through `wrapped`; returns (names in the order their gradient hooks fired,
+    how many had fired when the input's gradient was computed)."""
+    fired: list[str] = []
+    handles = [
+        p.register_post_accumulate_grad_hook(lambda _p, n=n: fired.append(n)) for n, p in model.named_parameters()
+    ]
+    at_input: list[int] = []
+    x = x.clone().requires_grad_(True)
+    x.register_hook(lambda g: at_input.append(len(fired)))
+    try:
+        wrapped(x).square().mean().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    return fired, at_input[0]
 
-    wrapped = OrderedGradients(snnet)
-    wrapped(x).square().mean().backward()
-    for name, p in snnet.named_parameters():
-        assert p.grad is not None, f"{name} got no gradient"  # ZeRO-1/2 need one on every rank
-        if plain[name] is None:
-            assert not p.grad.any(), name
-        else:
-            torch.testing.assert_close(p.grad, plain[name])
+
+def test_global_order_gradients_match_plain_ones_and_fire_alike_on_every_path(snnet):
+    x = torch.randn(2, 3, 32, 32)
+    stitches = [c.id for c in snnet.configs if not c.is_anchor]
+    a, b = stitches[0], stitches[-1]  # Ti->S and S->B: different anchors, blocks and layers
+    every_rank = [a, b]
+    wrapped = GlobalOrderGradients(snnet)
+    chained = set(wrapped.chained_names(every_rank))
+    orders = []
+    for cfg in every_rank:
+        snnet.select(cfg)
+        snnet.zero_grad(set_to_none=True)
+        snnet(x).square().mean().backward()
+        plain = {n: p.grad for n, p in snnet.named_parameters()}
+        snnet.zero_grad(set_to_none=True)
+
+        select(wrapped, cfg, every_rank)
+        fired, before_input = _backward_with_hooks(snnet, wrapped, x)
+        orders.append(fired)
+        for name, p in snnet.named_parameters():
+            if name not in chained:  # on no rank's path: no gradient on any rank
+                assert p.grad is None and plain[name] is None, name
+            elif plain[name] is None:
+                assert p.grad is not None and not p.grad.any(), name  # zeros, as ZeRO-1/2 need
+            else:
+                torch.testing.assert_close(p.grad, plain[name])
+        # released during the backward pass, not after it: the head's buckets can reduce while
+        # the front anchor's blocks still run backward
+        assert before_input > len(fired) // 3, (before_input, len(fired))
+    # the same parameters, in the same order, whichever path this rank ran
+    assert orders[0] == orders[1] == wrapped.chained_names(every_rank)
     assert unwrap(wrapped) is snnet
     assert wrapped.state_dict().keys() == snnet.state_dict().keys()  # checkpoints load into the bare SNNet
+    snnet.zero_grad(set_to_none=True)
+
+
+def test_without_a_plan_every_parameter_is_released_in_the_global_order(snnet):
+    wrapped = GlobalOrderGradients(snnet)
+    order = release_order(snnet)
+    assert sorted(order) == sorted(n for n, p in snnet.named_parameters() if p.requires_grad)
+    # the output side first: a head before any block, the front anchor's embedding last of its anchor
+    assert order.index("anchors.2.model.head.weight") < order.index("anchors.2.model.blocks.0.attn.qkv.weight")
+    embed = order.index("anchors.0.model.patch_embed.proj.weight")
+    assert order.index("anchors.0.model.blocks.0.attn.qkv.weight") < embed
+    select(wrapped, snnet.configs[0].id)
+    fired, _ = _backward_with_hooks(snnet, wrapped, torch.randn(2, 3, 32, 32))
+    assert fired == order
     snnet.zero_grad(set_to_none=True)
 
 

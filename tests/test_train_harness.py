@@ -67,14 +67,14 @@ def parity_loop(config: dict) -> None:
     import ray.train
 
     from snnet_ray.train.deepspeed_config import DeepSpeedConfig
-    from snnet_ray.train.engine import build_engine, optimizer_step, unwrap
+    from snnet_ray.train.engine import build_engine, optimizer_step, select, unwrap
     from snnet_ray.train.loss import SNNetLoss
     from snnet_ray.train.optim import OptimConfig, build_optimizer, build_scheduler
     from snnet_ray.train.samplers import SamplerConfig
 
     rank = ray.train.get_context().get_world_rank()
     out = Path(config["out"])
-    for stage, sampler_name in config["stages"]:
+    for stage, sampler_name, overlap in config["stages"]:
         model = make_model()
         sampler = SamplerConfig(name=sampler_name, seed=1).build(config_costs(model), WORLD, rank)
         ds = DeepSpeedConfig(
@@ -83,6 +83,7 @@ def parity_loop(config: dict) -> None:
             gradient_accumulation_steps=config["accumulation"],
             gradient_clipping=1.0,
             reduce_bucket_size=20_000,  # several buckets: the reduction order matters
+            overlap_comm=overlap,  # buckets reduce while the backward pass runs (the default)
         )
         ds.check_sampler(sampler_name)
         opt_cfg = OptimConfig(**OPTIM)
@@ -91,7 +92,8 @@ def parity_loop(config: dict) -> None:
         engine = build_engine(model, optimizer, scheduler, ds, synchronized=sampler.synchronized)
         criterion = SNNetLoss()
         for micro in range(config["steps"] * config["accumulation"]):
-            unwrap(engine).select(sampler.sample(micro))
+            # every rank's config: only the union of the ranks' paths is reduced (ZeRO-1/2)
+            select(engine, sampler.sample(micro), sampler.assignment(micro))
             x, y = make_batch(micro, rank)
             engine.backward(criterion(engine(x), y))
             optimizer_step(engine)
@@ -100,7 +102,7 @@ def parity_loop(config: dict) -> None:
             state = {n: p.detach().clone() for n, p in unwrap(engine).named_parameters()}
         torch.save(
             {"params": state, "lr": [g["lr"] for g in engine.optimizer.param_groups]},
-            out / f"stage{stage}_{sampler_name}_rank{rank}.pt",
+            out / f"stage{stage}_{sampler_name}_{overlap}_rank{rank}.pt",
         )
         engine.destroy()
 
@@ -254,7 +256,14 @@ def fit(loop, config: dict, storage: Path, name: str, max_failures: int = 0):
     return trainer.fit()
 
 
-PARITY_RUNS = [(0, "uniform"), (1, "uniform"), (2, "uniform"), (2, "synchronized"), (3, "synchronized")]
+# (ZeRO stage, sampler, overlap_comm): ZeRO-1/2 with ranks on different paths, overlapped and not
+PARITY_RUNS = [
+    (0, "uniform", False),
+    (1, "uniform", True),
+    (2, "uniform", True),
+    (2, "synchronized", True),
+    (3, "synchronized", True),
+]
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +275,8 @@ def parity_runs(ray_cluster, tmp_path_factory):
 
 
 # -- tests --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("stage", "sampler_name"), PARITY_RUNS)
-def test_zero_stage_matches_the_single_process_reference(parity_runs, stage, sampler_name):
+@pytest.mark.parametrize(("stage", "sampler_name", "overlap"), PARITY_RUNS)
+def test_zero_stage_matches_the_single_process_reference(parity_runs, stage, sampler_name, overlap):
     """ZeRO 0-2 with ranks on different configs (uniform), and 2-3 with the synchronized sampler."""
     from snnet_ray.train.samplers import SamplerConfig
 
@@ -279,7 +288,8 @@ def test_zero_stage_matches_the_single_process_reference(parity_runs, stage, sam
     assert diverged == (sampler_name == "uniform"), configs
     assert len({c[0] for c in configs}) > 1  # paths change between steps: parameters go unused
 
-    ranks = [torch.load(out / f"stage{stage}_{sampler_name}_rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    files = [out / f"stage{stage}_{sampler_name}_{overlap}_rank{r}.pt" for r in range(WORLD)]
+    ranks = [torch.load(f, weights_only=False) for f in files]
     for name, p in ranks[0]["params"].items():
         assert torch.equal(p, ranks[1]["params"][name]), f"{name} differs across ranks"
     params, lrs = reference_run(config["steps"], config["accumulation"], sampler_name)

@@ -31,8 +31,9 @@ class DataConfig:
     """Images per batch on each rank (worker of the data-parallel group)."""
     val_batch_size: int | None = None
     """Validation batch size; defaults to `batch_size`."""
-    num_workers: int = 4
-    """DataLoader worker processes per rank (0 decodes in the training process)."""
+    num_workers: int | None = None
+    """DataLoader worker processes per rank (0 decodes in the training process); None: 4, or in a
+    training run one per CPU of `scaling.cpus_per_worker` but the one the training process uses."""
     shuffle_buffer: int = 2000
     """Samples held by each DataLoader worker's shuffle buffer (as encoded bytes: ImageNet's ~110 kB
     each make 2000 about 220 MB per worker)."""
@@ -68,7 +69,14 @@ class DataConfig:
     label_smoothing: float = 0.1
     seed: int = 0
     """Shard order, shuffle buffers and augmentation all derive from it (with epoch, rank and worker)."""
-    pin_memory: bool = False
+    pin_memory: bool = True
+    """Page-locked batches, so the copy to the GPU is asynchronous (ignored without a GPU)."""
+    finish_on_device: bool = True
+    """Train batches leave the loader as uint8 NCHW; normalisation, random erasing and mixup/cutmix
+    run on the device (`snnet_ray.data.device.DeviceFinisher`). False: all of it in the workers."""
+    decode_on_device: bool = False
+    """Ship JPEG bytes and decode them on the GPU (nvJPEG), with random-resized-crop and flip there
+    too (RandAugment is then skipped). Needs finish_on_device."""
     prefetch_factor: int = 2
     """Batches each DataLoader worker prepares ahead."""
 
@@ -81,7 +89,11 @@ class DataConfig:
         need(self.input_size > 0, f"input_size must be > 0, got {self.input_size}")
         need(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
         need(self.val_batch_size is None or self.val_batch_size > 0, "val_batch_size must be > 0")
-        need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        need(self.num_workers is None or self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        need(
+            self.finish_on_device or not self.decode_on_device,
+            "decode_on_device needs finish_on_device=true (decoded images are finished where they are)",
+        )
         need(self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         need(self.shuffle_initial >= 1, f"shuffle_initial must be >= 1, got {self.shuffle_initial}")
         need(self.samples_per_epoch is None or self.samples_per_epoch > 0, "samples_per_epoch must be > 0")
@@ -101,6 +113,11 @@ class DataConfig:
     def mixes(self) -> bool:
         """Whether mixup or cutmix is on (and targets are soft)."""
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    @property
+    def workers(self) -> int:
+        """DataLoader worker processes per rank (`num_workers`, 4 when unset)."""
+        return 4 if self.num_workers is None else self.num_workers
 
     @property
     def eval_batch_size(self) -> int:

@@ -6,8 +6,10 @@ collective for one that ran out of data, however unevenly the shards are sized. 
 *resampled*: each DataLoader worker (global index g of G = world_size x num_workers) reads every
 G-th shard of an endless sequence of seeded permutations of the shard list, so every shard is read
 about equally often and no worker ever runs dry; `with_epoch` cuts each worker's stream at its share
-of the steps. Samples pass a shuffle buffer, are decoded and augmented (timm), batched, and mixed
-(timm `Mixup`, soft targets) inside the workers.
+of the steps. Samples pass a shuffle buffer, are decoded and augmented (timm), and batched inside
+the workers. With `finish_on_device` (the default) batches leave as uint8 NCHW, from pinned memory,
+and `DeviceFinisher` normalises, erases and mixes them on the device; otherwise the workers do
+that too (timm `Mixup`, soft targets). With `decode_on_device` the workers ship JPEG bytes.
 
 Validation is exact: every sample of the chosen shards is read exactly once over all ranks and
 workers - shard i goes to rank i mod world_size, and within a rank to one DataLoader worker - with
@@ -181,10 +183,10 @@ class TrainLoader:
         loader = DataLoader(
             self.dataset,
             batch_size=None,  # workers batch (and mix) themselves
-            num_workers=cfg.num_workers,
-            pin_memory=cfg.pin_memory,
+            num_workers=cfg.workers,
+            pin_memory=_pin(cfg) and not cfg.decode_on_device,
             generator=generator,
-            prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
+            prefetch_factor=cfg.prefetch_factor if cfg.workers > 0 else None,
         )
         self.epoch += 1
         return _iterate(iter(loader))  # workers start now, with this epoch
@@ -207,9 +209,9 @@ class ValLoader:
         loader = DataLoader(
             self.dataset,
             batch_size=None,
-            num_workers=min(cfg.num_workers, len(self.shards)),  # idle workers would only cost start-up
-            pin_memory=cfg.pin_memory,
-            prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 and self.shards else None,
+            num_workers=min(cfg.workers, len(self.shards)),  # idle workers would only cost start-up
+            pin_memory=_pin(cfg),
+            prefetch_factor=cfg.prefetch_factor if cfg.workers > 0 and self.shards else None,
         )
         return _iterate(iter(loader))
 
@@ -234,7 +236,7 @@ class _TrainDataset(IterableDataset):
         # Built here, in the training process, so that forked DataLoader workers inherit timm
         # already imported instead of importing it again every epoch.
         self.transform = build_train_transform(cfg)
-        self.mixup = build_mixup(cfg, info.num_classes)
+        self.mixup = None if cfg.finish_on_device else build_mixup(cfg, info.num_classes)
 
     def __iter__(self) -> Iterator[Any]:
         cfg = self.cfg
@@ -252,8 +254,12 @@ class _TrainDataset(IterableDataset):
                 cfg.shuffle_initial,
                 rng=random.Random(_seed("shuffle", cfg.seed, self.epoch, self.rank, worker)),
             ),
-            partial(_decode_train, transform=self.transform, skips=self.skips),
-            wds.batched(cfg.batch_size, collation_fn=_collate, partial=False),
+            partial(_encoded_train, skips=self.skips)
+            if cfg.decode_on_device
+            else partial(_decode_train, transform=self.transform, skips=self.skips),
+            wds.batched(
+                cfg.batch_size, collation_fn=_collate_encoded if cfg.decode_on_device else _collate, partial=False
+            ),
             partial(_mix, mixup=self.mixup) if self.mixup is not None else None,
         )
         return iter(pipeline.with_epoch(nbatches))
@@ -337,6 +343,15 @@ def _decode_train(
         yield transform(image), s.label
 
 
+def _encoded_train(samples: Iterable[Sample], *, skips: SkipLog) -> Iterator[tuple[torch.Tensor, int]]:
+    """JPEG bytes as 1-D uint8 tensors, for decoding on the GPU (other formats are skipped)."""
+    for s in samples:
+        if s.image[:3] != b"\xff\xd8\xff":
+            skips.skip(f"image {s.key}", s.shard, "is not a JPEG (data.decode_on_device decodes JPEGs only)")
+            continue
+        yield torch.frombuffer(bytearray(s.image), dtype=torch.uint8), s.label
+
+
 def _decode_val(samples: Iterable[Sample], transform: Callable) -> Iterator[tuple[torch.Tensor, Sample]]:
     for s in samples:
         try:
@@ -349,6 +364,10 @@ def _decode_val(samples: Iterable[Sample], transform: Callable) -> Iterator[tupl
 def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.stack([b[0] for b in batch])
     return images, torch.tensor([b[1] for b in batch], dtype=torch.long)
+
+
+def _collate_encoded(batch: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    return [b[0] for b in batch], torch.tensor([b[1] for b in batch], dtype=torch.long)
 
 
 def _mix(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, mixup: Callable) -> Iterator[Any]:
@@ -399,6 +418,11 @@ def _iterate(it: Iterator[Any]) -> Iterator[Any]:
         shutdown = getattr(it, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
+
+
+def _pin(cfg: DataConfig) -> bool:
+    # Pinned memory only helps (and pinning only works) with a CUDA device to copy to.
+    return cfg.pin_memory and torch.cuda.is_available()
 
 
 def _worker() -> tuple[int, int]:

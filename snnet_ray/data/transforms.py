@@ -16,7 +16,9 @@ __all__ = ["build_mixup", "build_train_transform", "build_val_transform"]
 
 
 def build_train_transform(cfg: DataConfig) -> Callable:
-    """PIL RGB image -> normalised, augmented float tensor (3, input_size, input_size)."""
+    """PIL RGB image -> augmented tensor (3, input_size, input_size): uint8 when the batch is finished
+    on the device (`cfg.finish_on_device`: normalisation and random erasing happen there), else
+    normalised, random-erased float."""
     from timm.data import create_transform
 
     transform = create_transform(
@@ -33,6 +35,7 @@ def build_train_transform(cfg: DataConfig) -> Callable:
         re_prob=cfg.re_prob,
         re_mode=cfg.re_mode,
         re_count=cfg.re_count,
+        use_prefetcher=cfg.finish_on_device,  # timm: stop at uint8, the rest is the device's
     )
     _allow_zero_bit_posterize(transform)
     return transform

@@ -151,6 +151,7 @@ def _evaluate_part_impl(request: EvalRequest, config_ids: list[int], todo: list[
 
     from snnet_ray.data import DataConfig, build_val_loader
     from snnet_ray.eval.evaluator import evaluate_shards, to_records
+    from snnet_ray.precision import PrecisionPolicy
     from snnet_ray.results import connect
     from snnet_ray.stitching.saving import load_snnet
 
@@ -174,9 +175,9 @@ def _evaluate_part_impl(request: EvalRequest, config_ids: list[int], todo: list[
     )
     loader = build_val_loader(data_cfg, rank=0, world_size=1, shards=mine)
     worker = f"{socket.gethostname()}:{rank}"
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    precision = PrecisionPolicy.for_device(device)  # what training runs: bf16 weights on GPUs
     samples = 0
-    for shard in evaluate_shards(model, loader, config_ids=config_ids, device=device, amp_dtype=amp):
+    for shard in evaluate_shards(model, loader, config_ids=config_ids, device=device, precision=precision):
         results.ingest(to_records(request.run, request.checkpoint, shard, worker=worker))
         samples += shard.samples
     return samples

@@ -7,7 +7,6 @@ are what the results service sums into exact accuracies, and what a resumed eval
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -17,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from snnet_ray.eval.one_pass import ConfigCounts, evaluate_batch
+from snnet_ray.eval.one_pass import ConfigCounts, counts_from_tensor, evaluate_batch_tensor
+from snnet_ray.precision import PrecisionPolicy
 from snnet_ray.stitching import SNNet
 
 __all__ = ["ShardCounts", "evaluate_shards", "to_records", "total_counts"]
@@ -37,12 +37,6 @@ class ShardCounts:
         return next(iter(self.counts.values())).samples if self.counts else 0
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
 @torch.no_grad()
 def evaluate_shards(
     model: SNNet,
@@ -50,20 +44,25 @@ def evaluate_shards(
     *,
     config_ids: Sequence[int] | None = None,
     device: torch.device | str | None = None,
-    amp_dtype: torch.dtype | None = None,
+    precision: PrecisionPolicy | None = None,
     progress: bool = False,
     total: int | None = None,
 ) -> Iterator[ShardCounts]:
     """Yield `ShardCounts` per completed shard from `ValBatch`es (images, targets, shard, keys, last).
 
-    Every config is evaluated in one pass per batch (`evaluate_batch`). `amp_dtype` (e.g.
-    torch.bfloat16) enables autocast on CUDA; counts are taken from float32 logits.
+    Every config is evaluated in one pass per batch (`evaluate_batch_tensor`); a shard's counts
+    add up on the device and are copied to the host once, when the shard is complete. `precision`
+    (the run's `PrecisionPolicy`: bf16 weights on GPUs) casts the model and the images as training
+    does; None keeps the model's dtype. Counts are taken from float32 logits.
     """
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
+    if precision is not None:
+        model = precision.cast_model(model, device)
+    dtype = next(model.parameters()).dtype
     was_training = model.training
     model.eval()
-    pending: dict[str, dict[int, ConfigCounts]] = defaultdict(lambda: defaultdict(ConfigCounts))
+    pending: dict[str, tuple[list[int], torch.Tensor]] = {}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -71,17 +70,18 @@ def evaluate_shards(
         bar = tqdm(total=total, desc="evaluating", unit="batch", leave=False)
     try:
         for batch in batches:
-            images = batch.images.to(device, param.dtype, non_blocking=True)  # a bf16 model takes bf16 input
+            images = batch.images.to(device, dtype, non_blocking=True)  # a bf16 model takes bf16 input
             targets = batch.targets.to(device, non_blocking=True)
-            with _autocast(device, amp_dtype):
-                counts = evaluate_batch(model, images, targets, config_ids)
-            shard = pending[batch.shard]
-            for cfg_id, c in counts.items():
-                shard[cfg_id].add(c)
+            ids, counts = evaluate_batch_tensor(model, images, targets, config_ids)
+            if batch.shard in pending:
+                pending[batch.shard][1].add_(counts)
+            else:
+                pending[batch.shard] = (ids, counts)
             if bar is not None:
                 bar.update(1)
             if batch.last:
-                yield ShardCounts(batch.shard, dict(pending.pop(batch.shard)))
+                ids, counts = pending.pop(batch.shard)
+                yield ShardCounts(batch.shard, counts_from_tensor(ids, counts))
     finally:
         if bar is not None:
             bar.close()

@@ -1,28 +1,47 @@
 """One pass evaluates every config of an SN-Net.
 
 Evaluating config by config decodes every validation image once per config and reruns each
-front anchor's prefix for every stitch that starts from it. Here each batch is decoded once;
-each anchor runs once, keeping the activations at the cut points that any requested stitch
-needs (and its own logits when the anchor itself is requested); every stitch then branches
-from the saved activation: stitching layer, then the back anchor's suffix. Stitches that share
-a stitching layer and a front cut share the stitching layer's output too.
+front anchor's prefix for every stitch that starts from it. Here each batch is decoded once, and
+each anchor's blocks are *walked once*:
 
-The counts are exactly those of config-by-config evaluation: the same modules run on the same
-inputs in the same order; only repeated prefix work and decoding are saved.
+- the anchor's own stream (its embedding output) runs when the anchor is requested or is the
+  front of a requested stitch; its activations at the stitches' cut points are kept;
+- every stitch into this anchor (as the back anchor) is a stream that *joins* the walk when the
+  walk reaches its first back block: the stitching layer's output on the front's kept activation
+  is concatenated to the running batch, and from there on one block call serves every stream
+  that has joined (grouped by (back anchor, first back block));
+- at the end, the final norm and head run once over all streams, and each stream's rows give
+  its config's counts.
+
+So a batch costs one call per block of each anchor (for DeiT-Ti/S/B: 36 block calls instead of
+221 when each stitch runs its own suffix), at the same multiply-adds: the work left is exactly the
+MACs bound (prefixes shared, suffixes not). `max_streams` caps how many streams walk together
+(activation memory grows with it); more streams than that walk in several groups.
+
+Counts stay on the device: one (configs, 4) tensor per batch (`evaluate_batch_tensor`), copied to
+the host once. They equal config-by-config evaluation (the same modules on the same rows; top-1 and
+top-5 counts are identical, summed losses agree to float rounding).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from snnet_ray.stitching import SNNet
 
-__all__ = ["ConfigCounts", "count_predictions", "evaluate_batch", "evaluate_batch_by_config"]
+__all__ = [
+    "ConfigCounts",
+    "count_predictions",
+    "counts_from_tensor",
+    "evaluate_batch",
+    "evaluate_batch_by_config",
+    "evaluate_batch_tensor",
+]
 
 
 @dataclass
@@ -54,14 +73,6 @@ class ConfigCounts:
         return self.loss_sum / max(self.samples, 1)
 
 
-@dataclass
-class _Cuts:
-    """Activations one anchor must keep: per stage, the block indices after which stitches cut."""
-
-    blocks: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
-    logits: bool = False
-
-
 def count_predictions(logits: torch.Tensor, labels: torch.Tensor) -> ConfigCounts:
     """Top-1/top-5 correct counts and summed cross-entropy of one batch."""
     logits = logits.float()
@@ -82,47 +93,136 @@ def evaluate_batch(
     images: torch.Tensor,
     labels: torch.Tensor,
     config_ids: Sequence[int] | None = None,
+    max_streams: int = 16,
 ) -> dict[int, ConfigCounts]:
-    """Counts of every requested config (default: all) on one batch, in one pass."""
-    ids = list(range(len(model.configs))) if config_ids is None else list(config_ids)
-    cuts: dict[int, _Cuts] = defaultdict(_Cuts)
+    """Counts of every requested config (default: all) on one batch, in one pass (one host copy)."""
+    ids, counts = evaluate_batch_tensor(model, images, labels, config_ids, max_streams)
+    return counts_from_tensor(ids, counts)
+
+
+def counts_from_tensor(ids: Sequence[int], counts: torch.Tensor) -> dict[int, ConfigCounts]:
+    """`ConfigCounts` per config from an (n, 4) tensor of (samples, top-1, top-5, loss sum) rows."""
+    rows = counts.tolist()  # the one device -> host copy
+    return {
+        cfg_id: ConfigCounts(samples=int(n), top1_correct=int(t1), top5_correct=int(t5), loss_sum=float(loss))
+        for cfg_id, (n, t1, t5, loss) in zip(ids, rows)
+    }
+
+
+@torch.no_grad()
+def evaluate_batch_tensor(
+    model: SNNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config_ids: Sequence[int] | None = None,
+    max_streams: int = 16,
+) -> tuple[list[int], torch.Tensor]:
+    """(config ids, float64 (n, 4) counts on the device): samples, top-1, top-5, summed loss."""
+    if max_streams < 1:
+        raise ValueError(f"max_streams must be >= 1, got {max_streams}")
+    ids = list(range(len(model.configs))) if config_ids is None else [int(c) for c in config_ids]
+    row_of = {cfg_id: k for k, cfg_id in enumerate(ids)}
+    counts = torch.zeros(len(ids), 4, dtype=torch.float64, device=images.device)
+    wanted = set(ids)
+    # cut points each front anchor keeps: (stage, block)
+    cuts: dict[int, set[tuple[int, int]]] = defaultdict(set)
+    into: dict[int, list[_Stream]] = defaultdict(list)  # back anchor -> stitch streams
     for cfg_id in ids:
         cfg = model.configs[cfg_id]
-        if cfg.is_anchor:
-            cuts[cfg.anchors[0]].logits = True
-        else:
-            cuts[cfg.anchors[0]].blocks[cfg.stage].add(cfg.positions[0][0])
-
+        if not cfg.is_anchor:
+            (front, back), (j, l) = cfg.anchors, cfg.positions[0]
+            cuts[front].add((cfg.stage, j))
+            into[back].append(_Stream(cfg_id, (cfg.stage, l), (front, cfg.stage, j), cfg.layer))
     saved: dict[tuple[int, int, int], torch.Tensor] = {}  # (anchor, stage, block) -> activation
-    logits_by_id: dict[int, torch.Tensor] = {}
-    for anchor_idx in sorted(cuts):
-        want = cuts[anchor_idx]
-        anchor = model.anchors[anchor_idx]
-        last_stage = anchor.num_stages - 1 if want.logits else max(want.blocks)
-        x = anchor.embed(images)
-        for s in range(last_stage + 1):
-            x = anchor.enter(s, x)
-            keep = want.blocks.get(s, set())
-            last_block = anchor.stage_depths[s] - 1 if (want.logits or s < last_stage) else max(keep)
-            for i, blk in enumerate(anchor.stage_blocks(s)[: last_block + 1]):
-                x = blk(x)
-                if i in keep:
-                    saved[(anchor_idx, s, i)] = x
-        if want.logits:
-            logits_by_id[anchor_idx] = anchor.finish(x)
-
     stitched: dict[tuple[int, int], torch.Tensor] = {}  # (layer, front block) -> stitching output
-    for cfg_id in ids:
-        cfg = model.configs[cfg_id]
-        if cfg.is_anchor:
-            continue
-        (front, back), (j, l) = cfg.anchors, cfg.positions[0]
-        key = (cfg.layer, j)
-        if key not in stitched:
-            stitched[key] = model.stitch_layers[cfg.layer](saved[(front, cfg.stage, j)])
-        logits_by_id[cfg_id] = model.anchors[back].forward_from(stitched[key], cfg.stage, l)
+    batch = images.shape[0]
+    for a in range(len(model.anchors)):
+        own = a in wanted or bool(cuts[a])
+        streams = ([_Stream(a, (0, -1), None, None)] if own else []) + sorted(into[a], key=lambda t: t.entry)
+        for start in range(0, len(streams), max_streams):
+            group = streams[start : start + max_streams]
+            keep = cuts[a] if start == 0 else set()  # the own stream walks in the first group
+            logits, rows = _walk(model, a, group, images, keep, saved, stitched, a in wanted)
+            if logits is not None:
+                _count(logits, labels, [row_of[s.cfg_id] for s in rows], counts, batch)
+    return ids, counts
 
-    return {cfg_id: count_predictions(logits_by_id[cfg_id], labels) for cfg_id in ids}
+
+@dataclass
+class _Stream:
+    """A path through an anchor's blocks: the anchor's own (entry (0, -1)) or a stitch's suffix."""
+
+    cfg_id: int
+    entry: tuple[int, int]  # (stage, first block) where the stream joins the walk
+    source: tuple[int, int, int] | None  # front activation (anchor, stage, block) it starts from
+    layer: int | None  # stitching layer
+
+
+def _walk(
+    model: SNNet,
+    a: int,
+    group: list[_Stream],
+    images: torch.Tensor,
+    cuts: set[tuple[int, int]],
+    saved: dict[tuple[int, int, int], torch.Tensor],
+    stitched: dict[tuple[int, int], torch.Tensor],
+    own_logits: bool,
+) -> tuple[torch.Tensor | None, list[_Stream]]:
+    """Walk anchor `a`'s blocks once for `group`; returns logits of the streams that need them
+    (rows stacked in the returned streams' order) after keeping the own stream's cut activations."""
+    anchor = model.anchors[a]
+    batch = images.shape[0]
+    joining: dict[tuple[int, int], list[_Stream]] = defaultdict(list)
+    for st in group:
+        joining[st.entry].append(st)
+    has_own = bool(joining.get((0, -1)))
+    last_cut = max(cuts) if cuts else None
+    running: list[_Stream] = list(joining.get((0, -1), []))
+    x = anchor.embed(images) if has_own else None
+    for s in range(anchor.num_stages):
+        if x is not None:
+            x = anchor.enter(s, x)
+        for i, blk in enumerate(anchor.stage_blocks(s)):
+            new = joining.get((s, i), [])
+            if new:
+                parts = [] if x is None else [x]
+                for st in new:
+                    front, fs, j = st.source
+                    key = (st.layer, j)
+                    if key not in stitched:
+                        stitched[key] = model.stitch_layers[st.layer](saved[(front, fs, j)])
+                    parts.append(stitched[key])
+                x = torch.cat(parts) if len(parts) > 1 else parts[0]
+                running += new
+            if x is None:
+                continue
+            x = blk(x)
+            if has_own and (s, i) in cuts:
+                saved[(a, s, i)] = x[:batch]
+            if has_own and not own_logits and (s, i) == last_cut:
+                # the own stream was only walked for its cut points: drop its rows
+                x, running, has_own = (x[batch:] if len(running) > 1 else None), running[1:], False
+    if x is None or not running:
+        return None, []
+    return anchor.finish(x), running
+
+
+def _count(logits: torch.Tensor, labels: torch.Tensor, rows: list[int], counts: torch.Tensor, batch: int) -> None:
+    """Add (samples, top-1, top-5, loss sum) of each stream's `batch` rows of `logits` to `counts`."""
+    logits = logits.float().view(len(rows), batch, -1)
+    k = min(5, logits.shape[-1])
+    hits = logits.topk(k, dim=-1).indices == labels.view(1, -1, 1)
+    loss = F.cross_entropy(logits.flatten(0, 1), labels.repeat(len(rows)), reduction="none").view(len(rows), batch)
+    stats = torch.stack(
+        [
+            torch.full((len(rows),), float(batch), device=logits.device, dtype=torch.float64),
+            hits[..., 0].sum(dim=1).double(),
+            hits.any(dim=-1).sum(dim=1).double(),
+            loss.sum(dim=1).double(),
+        ],
+        dim=1,
+    )
+    counts.index_add_(0, torch.tensor(rows, device=counts.device), stats)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@
     model.select(40)       # cheap: only an index changes
     logits = model(x)      # runs the selected path only
     model.cost(40)         # ConfigCost(gmacs=..., params=...)
+    model.compile_blocks() # regional torch.compile: every block once, no recompile per config
 
 The module is single-device and knows nothing of Ray or DeepSpeed; the train package wraps it.
 Anchors are kept in size order (MACs); anchors given out of order are sorted and the new order
@@ -170,6 +171,47 @@ class SNNet(nn.Module):
         h = self.stitch_layers[cfg.layer](h)
         return self.anchors[back].forward_from(h, cfg.stage, l)
 
+    # -- regional compilation -----------------------------------------------------------------------
+    def compile_blocks(self, backend: str = "inductor", mode: str | None = None, **options: Any) -> int:
+        """Compile every block's `forward` with `torch.compile`, once; returns the number of blocks.
+
+        A whole-model compile specialises on the selected config and recompiles for each one
+        (and gives up after dynamo's recompile limit, 8 by default). Per block, a config is just
+        another order of calling the same compiled blocks. Dynamo caches graphs per code object
+        (`Block.forward`, shared by every block of a family) and, inlining `nn.Module`s, reads the
+        block's parameters as inputs, so blocks of one shape share one graph. Two per-instance
+        Python values would still split that cache per block (and recompile as configs switch):
+
+        - stochastic depth: timm's `DropPath` keeps its rate, which grows with depth, as a float
+          that dynamo guards on - one graph per block. The rates become 0-d buffers here (same
+          maths, a tensor input instead of a constant);
+        - Swin's shift size (and its attention mask): a real difference in the computation (shifted
+          windows or not), so one graph per (stage shape, shift) - two per Swin stage and width.
+
+        The blocks' `forward` is compiled rather than the module (`nn.Module.compile` would trace
+        forward hooks too), with static shapes (`dynamic=False`: no dynamic-shape recompile when a
+        second width shows up), and dynamo's recompile limit is raised to cover the distinct graphs
+        (train and eval modes, with and without gradients). `backend`/`mode`/`options` go to
+        `torch.compile` ("eager" or "aot_eager" trace without generating code, for tests).
+        """
+        import torch._dynamo
+
+        blocks = [blk for anchor in self.anchors for _, _, blk in anchor.blocks()]
+        for blk in blocks:
+            _tensor_drop_path(blk)
+        # per code object: every distinct block shape x shift x (train/eval, grad/no grad), with room
+        # for the few batch sizes evaluation adds
+        limit = 8 * len({_block_signature(blk) for blk in blocks}) + 8
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+        torch._dynamo.config.accumulated_recompile_limit = max(
+            torch._dynamo.config.accumulated_recompile_limit, 4 * limit
+        )
+        for blk in blocks:
+            if not getattr(blk, "_snnet_compiled", False):
+                blk.forward = torch.compile(blk.forward, backend=backend, mode=mode, dynamic=False, **options)
+                blk._snnet_compiled = True
+        return len(blocks)
+
     # -- description and cost ---------------------------------------------------------------------
     @property
     def anchor_names(self) -> list[str]:
@@ -235,6 +277,48 @@ class SNNet(nn.Module):
             f"stitch_layers={len(self.stitch_layers)}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"nearest={self.nearest}"
         )
+
+
+class _TensorDropPath(nn.Module):
+    """timm's `DropPath` (stochastic depth per sample) with its rate as a 0-d buffer: the same
+    maths, but a compiled block reads the rate as an input instead of guarding on its value."""
+
+    def __init__(self, drop_prob: float, scale_by_keep: bool = True) -> None:
+        super().__init__()
+        self.register_buffer("drop_prob", torch.tensor(float(drop_prob)), persistent=False)
+        self.scale_by_keep = scale_by_keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = (torch.rand(shape, device=x.device, dtype=torch.float32) < keep).to(x.dtype)
+        if self.scale_by_keep:
+            mask = mask / keep.clamp_min(1e-12).to(x.dtype)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={float(self.drop_prob):.3f}"
+
+
+def _tensor_drop_path(block: nn.Module) -> None:
+    """Replace timm `DropPath` modules inside `block` by `_TensorDropPath` (same rate)."""
+    from timm.layers import DropPath
+
+    for name, child in list(block.named_children()):
+        if isinstance(child, DropPath):
+            new = _TensorDropPath(child.drop_prob, getattr(child, "scale_by_keep", True))
+            param = next(block.parameters(), None)
+            setattr(block, name, new.to(param.device) if param is not None else new)
+        else:
+            _tensor_drop_path(child)
+
+
+def _block_signature(block: nn.Module) -> tuple[Any, ...]:
+    """What separates compiled graphs of blocks: class, parameter shapes, Swin's shift."""
+    shapes = tuple(tuple(p.shape) for p in block.parameters())
+    return type(block), shapes, str(getattr(block, "shift_size", None))
 
 
 def _with_channels(shape: Sequence[int], channels: int, anchor: AnchorAdapter) -> tuple[int, ...]:

@@ -25,7 +25,7 @@ __all__, __getattr__ = lazy_exports(
         "RayContext": ".context",
         "run_local": ".local",
         "DeepSpeedConfig": ".deepspeed_config",
-        "OrderedGradients": ".engine",
+        "GlobalOrderGradients": ".engine",
         "build_engine": ".engine",
         "optimizer_step": ".engine",
         "unwrap": ".engine",

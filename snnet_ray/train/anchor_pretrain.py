@@ -56,7 +56,8 @@ def train_anchor(
     torch.manual_seed(recipe.seed)
     model = timm.create_model(name, **{**timm_kwargs, **kwargs})
     data_cfg = data.replace(
-        batch_size=recipe.batch_size, num_workers=0, mixup_alpha=0.0, cutmix_alpha=0.0, seed=recipe.seed
+        batch_size=recipe.batch_size, num_workers=0, mixup_alpha=0.0, cutmix_alpha=0.0, seed=recipe.seed,
+        finish_on_device=False,  # a plain timm loop on the CPU: the workers normalise
     )
     loader = build_train_loader(data_cfg, rank=0, world_size=1)
     total = recipe.epochs * loader.steps_per_epoch

@@ -69,6 +69,9 @@ class ModelConfig:
     """Applied to every anchor, e.g. num_classes, img_size, drop_path_rate."""
     ls_init_images: int = 100
     """Training images in the least-squares init batch; 0 keeps random stitching layers."""
+    compile: bool = False
+    """Regional compilation: `SNNet.compile_blocks()` compiles each block once, and switching
+    configs never recompiles (a whole-model compile would, per config)."""
 
     def __post_init__(self) -> None:
         if len(self.anchors) < 2:
@@ -213,6 +216,9 @@ class ExperimentConfig:
         # data.batch_size is the per-rank micro-batch; DeepSpeed must agree with it.
         if self.deepspeed.micro_batch_size != self.data.batch_size:
             self.deepspeed = dataclasses.replace(self.deepspeed, micro_batch_size=self.data.batch_size)
+        if self.data.num_workers is None:
+            # One CPU of the Ray worker runs the training process; the rest decode and augment.
+            self.data = self.data.replace(num_workers=max(int(self.scaling.cpus_per_worker) - 1, 1))
         self.deepspeed.check_sampler(self.sampler.name)
         self.deepspeed.accumulation_steps(self.scaling.num_workers)  # raises when batches do not divide
 

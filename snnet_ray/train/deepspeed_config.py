@@ -9,7 +9,9 @@ ZeRO stages 0-2 keep every parameter on every rank, so ranks may train different
 in the same step (the trainer makes unused parameters' gradients explicit zeros, see
 `snnet_ray.train.engine`). ZeRO-3 gathers parameters module by module as the forward reaches
 them, so every rank must run the same path each micro-step: it requires a synchronized sampler.
-bf16 is used on GPUs only; CPU runs (tests, the demo) train in fp32.
+Precision follows `snnet_ray.precision.PrecisionPolicy` (bf16 weights on GPUs, fp32 on CPUs, fp32
+gradient reduction): the same object evaluation and the benchmarks use. Gradient buckets are sized
+to the model (a quarter of its parameters, 1-50 M elements) and overlap the backward pass.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from snnet_ray.precision import PrecisionPolicy
 from snnet_ray.train.samplers import is_synchronized
 
 __all__ = ["DeepSpeedConfig"]
+
+_MIN_BUCKET, _MAX_BUCKET = 1 << 20, 50_000_000
 
 
 @dataclass
@@ -37,10 +42,12 @@ class DeepSpeedConfig:
     gradient_clipping: float = 0.0
     """Clip the global gradient norm to this value; 0 disables."""
     bf16: bool = True
-    """bf16 weights and compute on GPUs; ignored on CPU (fp32)."""
-    reduce_bucket_size: int = 500_000_000
-    """Elements per gradient all-reduce bucket (ZeRO 1-2)."""
-    overlap_comm: bool = False
+    """bf16 weights and compute on GPUs; ignored on CPU (fp32). See `snnet_ray.precision`."""
+    reduce_dtype: str = "fp32"
+    """Dtype gradients are summed across ranks in: 'fp32' (default) or 'bf16' (half the bytes)."""
+    reduce_bucket_size: int | None = None
+    """Elements per gradient reduction bucket (ZeRO 1-3); None sizes it to the model (see `bucket_size`)."""
+    overlap_comm: bool = True
     """Overlap gradient reduction with the backward pass (ZeRO 1-3)."""
     steps_per_print: int = 1_000_000
     """DeepSpeed's own progress log; the trainer reports metrics through Ray instead."""
@@ -56,6 +63,28 @@ class DeepSpeedConfig:
             )
         if self.gradient_clipping < 0:
             raise ValueError(f"deepspeed.gradient_clipping must be >= 0, got {self.gradient_clipping}")
+        if self.reduce_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"deepspeed.reduce_dtype must be 'fp32' or 'bf16', got {self.reduce_dtype!r}")
+        if self.reduce_bucket_size is not None and self.reduce_bucket_size < 1:
+            raise ValueError(
+                f"deepspeed.reduce_bucket_size must be >= 1 element (or null to size it to the model), "
+                f"got {self.reduce_bucket_size}"
+            )
+
+    def precision(self, device_type: str) -> PrecisionPolicy:
+        """The run's precision policy on `device_type` (training, evaluation and benchmarks share it)."""
+        return PrecisionPolicy.for_device(device_type, bf16=self.bf16, reduce_dtype=self.reduce_dtype)
+
+    def bucket_size(self, num_parameters: int | None) -> int:
+        """Elements per reduction bucket: the configured size, else a quarter of the model clipped to
+        1-50 M (the DeiT-Ti/S/B family's 118 M parameters give ~30 M: four buckets, so three reduce
+        while the backward pass still runs, without DeepSpeed's 500 M default's 1 GB buffer)."""
+        if self.reduce_bucket_size is not None:
+            return self.reduce_bucket_size
+        if not num_parameters:
+            return _MAX_BUCKET
+        size = int(min(max(num_parameters // 4, _MIN_BUCKET), _MAX_BUCKET))
+        return size - size % 1024  # DeepSpeed wants bucket sizes aligned (to 2 elements at least)
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-steps per optimizer step; raises ValueError when the batch sizes do not divide."""
@@ -91,25 +120,42 @@ class DeepSpeedConfig:
                 "use the synchronized sampler or ZeRO stage 0-2"
             )
 
-    def to_dict(self, world_size: int, device_type: str = "cpu", torch_optimizer: bool = True) -> dict[str, Any]:
+    def to_dict(
+        self,
+        world_size: int,
+        device_type: str = "cpu",
+        torch_optimizer: bool = True,
+        num_parameters: int | None = None,
+    ) -> dict[str, Any]:
         """The DeepSpeed config dict for `world_size` ranks on `device_type` ('cpu' or 'cuda').
 
         `torch_optimizer`: the optimizer is a torch optimizer passed to `deepspeed.initialize`
         (AdamW with the SN-Net's parameter groups), which ZeRO accepts only when told to.
+        `num_parameters` (trainable) sizes the reduction buckets when `reduce_bucket_size` is None.
         """
         accumulation = self.accumulation_steps(world_size)
+        bucket = self.bucket_size(num_parameters)
         zero: dict[str, Any] = {"stage": self.zero_stage}
         if self.zero_stage > 0:
-            zero.update(reduce_bucket_size=self.reduce_bucket_size, overlap_comm=self.overlap_comm)
+            zero.update(
+                reduce_bucket_size=bucket,
+                allgather_bucket_size=bucket + bucket % 2,  # DeepSpeed asserts an even size
+                overlap_comm=self.overlap_comm,
+                contiguous_gradients=True,
+            )
+            if self.zero_stage in (1, 2) and not self.gradient_clipping:
+                # Without clipping the global norm is unused, and DeepSpeed's finiteness check of
+                # it reads the device back at every optimizer step.
+                zero["compute_grad_norm"] = False
         if self.zero_stage == 3:
-            zero.update(stage3_prefetch_bucket_size=self.reduce_bucket_size)
+            zero.update(stage3_prefetch_bucket_size=bucket)
         config: dict[str, Any] = {
             "train_micro_batch_size_per_gpu": self.micro_batch_size,
             "gradient_accumulation_steps": accumulation,
             "train_batch_size": self.micro_batch_size * accumulation * world_size,
             "gradient_clipping": self.gradient_clipping,
             "zero_optimization": zero,
-            "bf16": {"enabled": self.bf16 and device_type != "cpu"},
+            **self.precision(device_type).deepspeed_section(),
             "steps_per_print": self.steps_per_print,
             "wall_clock_breakdown": False,
         }

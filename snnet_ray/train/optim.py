@@ -103,8 +103,9 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over `param_groups(model, cfg)`."""
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    """AdamW over `param_groups(model, cfg)`, fused (one kernel per step, and the step count stays a
+    device tensor: torch's per-tensor AdamW reads it back with `.item()` every step)."""
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
 
 
 def build_scheduler(

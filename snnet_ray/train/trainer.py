@@ -31,6 +31,7 @@ import torch
 from snnet_ray import collectives
 from snnet_ray.train.config import ExperimentConfig, load_experiment
 from snnet_ray.train.context import WorkerContext
+from snnet_ray.train.step import StepWindow
 
 __all__ = ["Trainer", "train_loop_per_worker"]
 
@@ -76,6 +77,8 @@ class Trainer:
         # 2. model: identical initial weights on every rank (same seed), pretrained anchors from files
         torch.manual_seed(cfg.seed)
         self.model = _build_model(cfg).to(self.device)
+        if cfg.model.compile:
+            self.model.compile_blocks()  # regional: every block once, no recompile per config
         # 3. data
         self.progress = TrainProgress()
         self.train_loader = self._train_loader(seed_offset=0)
@@ -106,7 +109,14 @@ class Trainer:
 
         self.engine = build_engine(self.model, optimizer, scheduler, cfg.deepspeed, self.sampler.synchronized)
         self.snnet = unwrap(self.engine)
-        self.dtype = next(self.snnet.parameters()).dtype
+        # One precision policy (snnet_ray.precision): the engine's, evaluation's and the benchmarks'.
+        self.precision = cfg.deepspeed.precision(self.device.type)
+        self.dtype = self.precision.param_dtype
+        from snnet_ray.data.device import DeviceFinisher
+        from snnet_ray.train.step import TrainStep
+
+        finish = DeviceFinisher(cfg.data, self.model.num_classes, self.device) if cfg.data.finish_on_device else None
+        self.step_fn = TrainStep(self.engine, self.criterion, self.device, self.precision, finish)
         # 9. restore (from a checkpoint of any world size, see checkpoint.py)
         self.states = {"progress": self.progress, "sampler": self.sampler, "rng": RandomState(cfg.seed)}
         self.resumed = False
@@ -135,8 +145,6 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
     def train(self) -> None:
-        from snnet_ray.train.engine import optimizer_step
-
         cfg = self.cfg
         if cfg.eval.at_start and not self.resumed:
             self.evaluate("init", cfg.eval.configs, cfg.eval.max_shards)
@@ -147,16 +155,12 @@ class Trainer:
             for _ in range(min(epoch_steps, self.total_steps - self.progress.step)):
                 start = time.perf_counter()
                 for _ in range(self.accumulation):
-                    images, targets = next(batches)
-                    images = images.to(self.device, self.dtype, non_blocking=True)
-                    targets = targets.to(self.device, non_blocking=True)
-                    self.snnet.select(self.sampler.sample(self.progress.micro_step))
-                    loss = self.criterion(self.engine(images), targets, images)
-                    self.engine.backward(loss)
-                    optimizer_step(self.engine)
+                    images, targets = next(batches)  # uint8, finished on the device by step_fn
+                    micro = self.progress.micro_step
+                    every_rank = self.sampler.assignment(micro)  # seeded: the union to reduce
+                    self.step_fn(images, targets, self.sampler.sample(micro), every_rank, window)
                     self.progress.micro_step += 1
-                    self.progress.samples += len(images) * self.world
-                    window.add(loss.detach(), len(images))
+                    self.progress.samples += len(targets) * self.world
                 self.progress.step += 1
                 window.tick(time.perf_counter() - start)
                 self._after_step(window)
@@ -200,7 +204,9 @@ class Trainer:
         from snnet_ray.train.samplers import all_reduce_counts
 
         # On the worker's device: NCCL serves CUDA tensors only (float64 is fine for both backends).
-        stats = torch.tensor([window.loss_sum, window.images, window.seconds, window.steps], dtype=torch.float64)
+        # The loss never left the device between log steps; this `.tolist()` is the window's one sync.
+        counts = torch.tensor([window.images, window.seconds, window.steps], dtype=torch.float64, device=self.device)
+        stats = torch.cat([window.loss_tensor.to(self.device).reshape(1), counts])
         loss_sum, images, seconds, steps = collectives.all_reduce(stats, device=self.device).tolist()
         seconds /= self.world  # every rank timed the same steps
         metrics = {
@@ -343,22 +349,7 @@ class Trainer:
             log.info(message)
 
 
-class _Window:
-    """Loss and throughput since the last metrics report (this rank)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_sum, self.images, self.seconds, self.steps = 0.0, 0, 0.0, 0
-
-    def add(self, loss: torch.Tensor, images: int) -> None:
-        self.loss_sum += float(loss) * images
-        self.images += images
-
-    def tick(self, seconds: float) -> None:
-        self.seconds += seconds
-        self.steps += 1
+_Window = StepWindow  # loss summed on the device; read at log steps only (train/step.py)
 
 
 def _configure_logging(rank: int) -> None:
