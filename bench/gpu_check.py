@@ -24,7 +24,6 @@ CPU (the test suite runs it, so the script cannot rot).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import shutil
@@ -43,6 +42,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench" / "lib"))
+sys.path.insert(0, str(REPO / "bench"))  # gpu_busy.py: the compiled and GPU-decode figures
 
 DEIT = ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]
 TINY = [  # equal depth, growing width: the same stitch space as DeiT-Ti/S/B at toy size
@@ -80,8 +80,11 @@ class Check:
         return {"num_classes": self.classes, **extra}
 
     @property
-    def dtype(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.device.type == "cuda" else None  # the trainer's policy: bf16 on GPUs
+    def precision(self) -> Any:
+        """The trainer's one precision policy (bf16 weights on GPUs, fp32 on CPUs): what trains is measured."""
+        from snnet_ray.precision import PrecisionPolicy
+
+        return PrecisionPolicy.for_device(self.device)
 
 
 # -- figures ---------------------------------------------------------------------------------------------
@@ -208,13 +211,14 @@ def train_throughput(check: Check) -> dict[str, Any]:
     from snnet_ray import SNNet
 
     torch.manual_seed(0)
-    model = SNNet.from_timm(check.anchors, **check.timm_kwargs).to(check.device).train()
+    policy = check.precision
+    model = policy.cast_model(SNNet.from_timm(check.anchors, **check.timm_kwargs), check.device).train()
     cfg_id = _middle_stitch(model, 1, 2)
     model.select(cfg_id)
     hand = HandWrittenPath(model, cfg_id).train()
     name, kwargs = (check.anchors[1], {}) if isinstance(check.anchors[1], str) else check.anchors[1]
-    alone = timm.create_model(name, **kwargs, **check.timm_kwargs).to(check.device).train()
-    x = torch.randn(check.batch, 3, check.img_size, check.img_size, device=check.device)
+    alone = policy.cast_model(timm.create_model(name, **kwargs, **check.timm_kwargs), check.device).train()
+    x = policy.cast_input(torch.randn(check.batch, 3, check.img_size, check.img_size), check.device)
     y = torch.randint(0, check.classes, (check.batch,), device=check.device)
     steps = {name: _train_step(m, check) for name, m in (("snnet", model), ("hand", hand), ("deit_s", alone))}
     times: dict[str, list[float]] = {k: [] for k in steps}
@@ -237,12 +241,12 @@ def eval_throughput(check: Check) -> dict[str, Any]:
     from snnet_ray.eval.one_pass import evaluate_batch
 
     torch.manual_seed(0)
-    model = SNNet.from_timm(check.anchors, **check.timm_kwargs).to(check.device).eval()
-    x = torch.randn(check.batch * 2, 3, check.img_size, check.img_size, device=check.device)
+    policy = check.precision
+    model = policy.cast_model(SNNet.from_timm(check.anchors, **check.timm_kwargs), check.device).eval()
+    x = policy.cast_input(torch.randn(check.batch * 2, 3, check.img_size, check.img_size), check.device)
     y = torch.randint(0, check.classes, (len(x),), device=check.device)
-    amp = torch.autocast(check.device.type, dtype=check.dtype) if check.dtype else contextlib.nullcontext()
     seconds = []
-    with torch.inference_mode(), amp:
+    with torch.inference_mode():
         for _ in range(max(check.bench_steps // 4, 2) + 1):
             _sync(check.device)
             start = time.perf_counter()
@@ -259,11 +263,45 @@ def peak_memory(check: Check) -> dict[str, Any]:
     return {"gib": torch.cuda.max_memory_allocated(check.device) / 2**30}
 
 
+def compiled_vs_eager(check: Check) -> dict[str, Any]:
+    """SN-Net train images/s with every block compiled (`SNNet.compile_blocks`) vs eager, configs
+    switching every step; compile time is the first pass over every config (bench/gpu_busy.py)."""
+    from gpu_busy import train_images_per_s
+
+    kw: dict[str, Any] = dict(device=str(check.device), batch=check.batch, steps=check.bench_steps)
+    if check.smoke:  # inductor on 2 CPU cores takes minutes; eager dynamo applies the same guards
+        kw.update(anchors=check.anchors, timm_kwargs=check.timm_kwargs, backend="eager")
+    eager, compiled = train_images_per_s(False, **kw), train_images_per_s(True, **kw)
+    return {
+        "eager_images_per_s": eager["images_per_s"],
+        "compiled_images_per_s": compiled["images_per_s"],
+        "compile_first_pass_s": compiled["first_pass_s"],
+        "speedup": compiled["images_per_s"] / eager["images_per_s"],
+    }
+
+
+def gpu_decode(check: Check) -> dict[str, Any]:
+    """JPEG decode + random-resized-crop + flip: nvJPEG on the device vs PIL on one CPU core."""
+    from gpu_busy import jpeg_images_per_s
+
+    kw: dict[str, Any] = dict(device=str(check.device), batch=check.batch)
+    if check.smoke:
+        kw.update(images=16, size=32, reps=1)
+    cpu, device = jpeg_images_per_s(False, **kw), jpeg_images_per_s(True, **kw)
+    return {
+        "cpu_core_images_per_s": cpu["images_per_s"],
+        "device_images_per_s": device["images_per_s"],
+        "speedup": device["images_per_s"] / cpu["images_per_s"],
+    }
+
+
 FIGURES: list[Callable[[Check], dict[str, Any]]] = [
     shards,
     train_and_resume,
     train_throughput,
     eval_throughput,
+    compiled_vs_eager,
+    gpu_decode,
     peak_memory,
 ]
 
@@ -287,9 +325,7 @@ def _train_step(module: nn.Module, check: Check) -> Callable[[torch.Tensor, torc
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
         _sync(check.device)
         start = time.perf_counter()
-        amp = torch.autocast(check.device.type, dtype=check.dtype) if check.dtype else contextlib.nullcontext()
-        with amp:
-            loss = nn.functional.cross_entropy(module(x).float(), y)
+        loss = nn.functional.cross_entropy(module(x).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -344,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         ("DeiT-S alone train images/s", r.get("train_throughput", {}).get("deit_s_images_per_s")),
         ("launcher train images/s", r.get("train_and_resume", {}).get("train_images_per_s")),
         (f"eval images/s ({ev.get('configs')} configs)", ev.get("images_per_s")),
+        ("train images/s, eager", r.get("compiled_vs_eager", {}).get("eager_images_per_s")),
+        ("train images/s, compiled blocks", r.get("compiled_vs_eager", {}).get("compiled_images_per_s")),
+        ("compile (first pass) seconds", r.get("compiled_vs_eager", {}).get("compile_first_pass_s")),
+        ("JPEG decode images/s, 1 CPU core", r.get("gpu_decode", {}).get("cpu_core_images_per_s")),
+        ("JPEG decode images/s, device", r.get("gpu_decode", {}).get("device_images_per_s")),
         ("peak memory GiB", r.get("peak_memory", {}).get("gib")),
         ("total seconds", total),
     ]  # fmt: skip
@@ -364,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RESULT eval_all_configs_images_per_s {r['eval_throughput']['images_per_s']:.1f} target > 0")
     if "gib" in r.get("peak_memory", {}):
         print(f"RESULT peak_memory_gib {r['peak_memory']['gib']:.2f} target <= 139")
+    if "speedup" in r.get("compiled_vs_eager", {}):
+        print(f"RESULT compiled_vs_eager_train_speedup {r['compiled_vs_eager']['speedup']:.2f} target >= 1.0")
+    if "speedup" in r.get("gpu_decode", {}):
+        print(f"RESULT gpu_decode_vs_cpu_core {r['gpu_decode']['speedup']:.2f} target > 1")
     print(f"RESULT gpu_check_seconds {total:.0f} target <= 480")
     ratio = tt.get("snnet_vs_hand")
     print(f"RESULT snnet_vs_hand_train_speed {ratio if ratio is None else f'{ratio:.3f}'} target >= 0.95")
