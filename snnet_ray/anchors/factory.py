@@ -23,7 +23,7 @@ import snnet_ray.anchors.vit  # noqa: F401
 from snnet_ray.anchors.base import AnchorAdapter, adapter_for
 from snnet_ray.anchors.weights import checkpoint_num_classes
 
-__all__ = ["AnchorLike", "AnchorSpec", "PretrainedArg", "create_anchors", "resolve_anchor_specs"]
+__all__ = ["SPATIAL_LAYOUTS", "AnchorLike", "AnchorSpec", "PretrainedArg", "check_families", "create_anchors", "resolve_anchor_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,21 @@ def resolve_anchor_specs(
     return specs
 
 
+SPATIAL_LAYOUTS = ("nchw", "nhwc")
+"""Layouts whose activations are a grid of pixels: families with these stitch across (ResNet -> Swin)."""
+
+
+def check_families(names: Sequence[str], families: Sequence[type[AnchorAdapter]]) -> None:
+    """One family, or families whose cuts are all pixel grids (the official ResNet-18 -> Swin-Ti)."""
+    if len(set(families)) > 1 and not all(f.layout in SPATIAL_LAYOUTS for f in families):
+        found = ", ".join(f"{n} ({f.family})" for n, f in zip(names, families))
+        raise ValueError(
+            f"anchors must be of one family, got {found}; SN-Net stitches models of one kind "
+            "and several sizes (e.g. DeiT-Ti/S/B or Swin-Ti/S/B); across families only between "
+            "pixel-grid activations (CNN and Swin, e.g. resnet18 -> swin_tiny_patch4_window7_224)"
+        )
+
+
 def _build(spec: AnchorSpec, timm_kwargs: Mapping[str, Any], pretrained: bool, **extra: Any) -> torch.nn.Module:
     kwargs = {**timm_kwargs, **spec.kwargs, **extra}
     return timm.create_model(spec.name, pretrained=pretrained, **kwargs)
@@ -130,12 +145,7 @@ def create_anchors(
     with torch.device("meta"):
         probes = [_build(s, timm_kwargs, pretrained=False) for s in specs]
     families = [adapter_for(m) for m in probes]
-    if len(set(families)) > 1:
-        found = ", ".join(f"{s.name} ({f.family})" for s, f in zip(specs, families))
-        raise ValueError(
-            f"anchors must be of one family, got {found}; SN-Net stitches models of one kind "
-            "and several sizes (e.g. DeiT-Ti/S/B or Swin-Ti/S/B)"
-        )
+    check_families([s.name for s in specs], families)
 
     adapters = []
     for spec, adapter_cls in zip(specs, families):

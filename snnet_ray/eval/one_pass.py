@@ -116,11 +116,15 @@ def evaluate_batch(
         cfg = model.configs[cfg_id]
         if cfg.is_anchor:
             continue
-        (front, back), (j, l) = cfg.anchors, cfg.positions[0]
+        front, (j, l) = cfg.anchors[0], cfg.positions[0]
+        if cfg.num_hops > 1:  # multi-hop (official nearest=False): shares only the front prefix
+            logits_by_id[cfg_id] = model.forward_stitched(saved[(front, cfg.stage, j)], cfg)
+            continue
         key = (cfg.layer, j)
         if key not in stitched:
             stitched[key] = model.stitch_layers[cfg.layer](saved[(front, cfg.stage, j)])
-        logits_by_id[cfg_id] = model.anchors[back].forward_from(stitched[key], cfg.stage, l)
+        back = model.anchors[cfg.anchors[-1]]
+        logits_by_id[cfg_id] = back.forward_from(stitched[key], cfg.stage, l, norm=model.stitch_final_norm(cfg))
 
     return {cfg_id: count_predictions(logits_by_id[cfg_id], labels) for cfg_id in ids}
 

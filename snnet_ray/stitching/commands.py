@@ -19,6 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kernel-size", type=int, default=2, help="sliding-window size over blocks (default 2)")
     p.add_argument("--stride", type=int, default=1, help="window stride (default 1)")
     p.add_argument("--all-pairs", action="store_true", help="stitch every small->large pair, not only neighbours")
+    p.add_argument(
+        "--rule",
+        default="paper",
+        help="stitch-space rule: paper (the official SN-Net spaces, default), dense (every window), or any registered",
+    )
+    p.add_argument("--final-norm", default="always", choices=["always", "v1"], help="final norm on stitched paths")
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the anchors')")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the anchors')")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
@@ -38,6 +44,8 @@ def _stitches(args: argparse.Namespace) -> int:
         kernel_size=args.kernel_size,
         stride=args.stride,
         nearest=not args.all_pairs,
+        rule=args.rule,
+        final_norm=args.final_norm,
         device="meta",
         **timm_kwargs,
     )
@@ -52,6 +60,8 @@ def _stitches(args: argparse.Namespace) -> int:
             "kernel_size": model.kernel_size,
             "stride": model.stride,
             "nearest": model.nearest,
+            "rule": model.rule,
+            "final_norm": model.final_norm,
             "num_configs": len(rows),
             "num_stitch_layers": len(model.stitch_layers),
             "configs": rows,

@@ -59,6 +59,10 @@ class ModelConfig:
     kernel_size: int = 2
     stride: int = 1
     nearest: bool = True
+    rule: str = "paper"
+    """Stitch-space rule: 'paper' (the official SN-Net spaces) or 'dense' (every window, every stage)."""
+    final_norm: str = "always"
+    """'always' (every path runs the back anchor's final norm) or 'v1' (official v1 DeiT: stitches skip it)."""
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     """Applied to every anchor, e.g. num_classes, img_size, drop_path_rate."""
     ls_init_images: int = 100
@@ -70,6 +74,8 @@ class ModelConfig:
         self.anchors = [a if isinstance(a, str) else (a[0], dict(a[1])) for a in self.anchors]
         if self.ls_init_images < 0:
             raise ValueError(f"model.ls_init_images must be >= 0, got {self.ls_init_images}")
+        if self.final_norm not in ("always", "v1"):
+            raise ValueError(f"model.final_norm must be 'always' or 'v1', got {self.final_norm!r}")
 
 
 @dataclass

@@ -78,8 +78,8 @@ def validate_experiment(cfg: ExperimentConfig, check_cluster: bool = True) -> An
 
     m = cfg.model
     model = SNNet.from_timm(
-        m.anchors, kernel_size=m.kernel_size, stride=m.stride, nearest=m.nearest,
-        pretrained=_check_weights(m.pretrained), device="meta", **m.timm_kwargs,
+        m.anchors, kernel_size=m.kernel_size, stride=m.stride, nearest=m.nearest, rule=m.rule,
+        final_norm=m.final_norm, pretrained=_check_weights(m.pretrained), device="meta", **m.timm_kwargs,
     )  # fmt: skip
     try:
         info = read_info(cfg.data.root)

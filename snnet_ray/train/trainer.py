@@ -359,6 +359,8 @@ def _build_model(cfg: ExperimentConfig):
         kernel_size=m.kernel_size,
         stride=m.stride,
         nearest=m.nearest,
+        rule=m.rule,
+        final_norm=m.final_norm,
         pretrained=local_weights(m.pretrained),
         **m.timm_kwargs,
     )
