@@ -55,7 +55,7 @@ def main(src: Path) -> None:
                 "id": int(r["id"]),
                 "kind": r["kind"],
                 "anchors": [int(r["front"]), int(r["back"])] if stitch else [int(r["front"])],
-                "stage": (int(r["stage"]) if r["stage"] else 0) if stitch else None,
+                "stage": int(r["stage"]) if r["stage"] else None,  # None: single-stage anchors (DeiT)
                 "positions": [[int(r["j"]), int(r["l"])]] if stitch else [],
                 "layer_key": r["stitch_layer_key"] or None,
                 "final_norm": {"yes": True, "no": False}.get(r["applies_back_final_norm"]),

@@ -33,6 +33,7 @@ class PublishedConfig:
     kind: str
     anchors: tuple[int, ...]
     stage: int | None
+    """Stage of the stitch; None for anchors and for single-stage anchors (DeiT)."""
     positions: tuple[tuple[int, int], ...]
     acc1: float
     gmacs: float
