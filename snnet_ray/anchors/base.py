@@ -143,6 +143,11 @@ class AnchorAdapter(nn.Module):
             height, width = img_size
         return int(channels), int(height), int(width)
 
+    @property
+    def fixed_input_size(self) -> bool:
+        """Whether the model only takes `input_size` (a patch embedding with an image size); CNNs take any."""
+        return getattr(getattr(self.model, "patch_embed", None), "img_size", None) is not None
+
     def run_stage(self, stage: int, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Run blocks start..stop-1 of a stage (no `enter`)."""
         for block in self.stage_blocks(stage)[start:stop]:

@@ -67,7 +67,9 @@ class SNNet(nn.Module):
         if final_norm not in FINAL_NORM_MODES:
             raise ValueError(f"final_norm must be one of {', '.join(FINAL_NORM_MODES)}, got {final_norm!r}")
         check_families([a.name for a in anchors], [type(a) for a in anchors])
-        input_size = anchors[0].input_size
+        # A CNN takes any size; a patch-embedding anchor fixes it (ResNet -> Swin runs at Swin's size).
+        fixed = [a.input_size for a in anchors if a.fixed_input_size]
+        input_size = fixed[0] if fixed else anchors[0].input_size
         profiles = [profile_anchor(a, input_size) for a in anchors]
         order = sorted(range(len(anchors)), key=lambda i: profiles[i].total_macs)
         if order != list(range(len(anchors))):
@@ -307,9 +309,10 @@ def _check_compatible(anchors: Sequence[AnchorAdapter], profiles: Sequence[Ancho
     if len(classes) > 1:
         found = ", ".join(f"{a.name}: {a.num_classes}" for a in anchors)
         raise ValueError(f"anchors disagree on num_classes ({found}); pass num_classes=N for all of them")
-    sizes = {a.input_size for a in anchors}
+    sized = [a for a in anchors if a.fixed_input_size] or list(anchors)
+    sizes = {a.input_size for a in sized}
     if len(sizes) > 1:
-        found = ", ".join(f"{a.name}: {a.input_size}" for a in anchors)
+        found = ", ".join(f"{a.name}: {a.input_size}" for a in sized)
         raise ValueError(f"anchors disagree on input size ({found}); pass img_size=N for all of them")
     for stage in anchors[0].stitch_stages:
         spatial = {_spatial(p.stage_shapes[stage], a.layout) for a, p in zip(anchors, profiles)}
