@@ -241,6 +241,7 @@ class _TrainDataset(IterableDataset):
         pipeline = wds.DataPipeline(
             partial(_endless_shards, self.urls, cfg.seed, self.epoch, index, count),
             partial(_read_train_samples, lengths=self.lengths, skips=self.skips),
+            partial(_repeat, times=cfg.repeated_aug) if cfg.repeated_aug > 1 else None,
             wds.shuffle(
                 cfg.shuffle_buffer,
                 cfg.shuffle_initial,
@@ -294,6 +295,14 @@ def _read_train_samples(urls: Iterable[str], *, lengths: dict[str, int], skips: 
         empty = 0 if got else empty + 1
         if empty >= _MAX_EMPTY_SHARDS_IN_A_ROW:
             raise RuntimeError(f"{empty} shards in a row held no readable sample (the last: {url})")
+
+
+def _repeat(samples: Iterable[Sample], *, times: int) -> Iterator[Sample]:
+    """Repeated augmentation: each encoded sample `times` times; decoding augments every copy anew,
+    and the shuffle buffer after this stage spreads the copies over different batches."""
+    for s in samples:
+        for _ in range(times):
+            yield s
 
 
 def _decode_train(

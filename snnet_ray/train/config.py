@@ -155,7 +155,8 @@ class EvalConfig:
     every_steps: int = 0
     """Evaluate every N optimizer steps (0: only at the end)."""
     configs: Any = "all"
-    """'all', 'anchors', or a list of config ids, for periodic evaluations."""
+    """'all', 'anchors', 'span[:N]' (anchors + N stitches across the GMACs range: what a sweep's ASHA
+    needs to see stitch hyperparameters), or a list of config ids, for periodic evaluations."""
     max_shards: int | None = None
     """Periodic evaluations use only the first N validation shards; None: all."""
     final: bool = True
@@ -168,8 +169,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.every_steps < 0:
             raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
-        if not (self.configs in ("all", "anchors") or isinstance(self.configs, list)):
-            raise ValueError(f"eval.configs must be 'all', 'anchors' or a list of ids, got {self.configs!r}")
+        from snnet_ray.eval.select import check_eval_configs
+
+        check_eval_configs(self.configs)
 
 
 @dataclass
