@@ -40,7 +40,7 @@ def test_two_trials_differing_only_in_stitch_lr_get_different_objectives(tmp_pat
     from snnet_ray.cli import main
     from snnet_ray.data import write_digits_shards
     from snnet_ray.results import LocalResults
-    from snnet_ray.tune.report import ObjectiveReportCallback
+    from snnet_ray.tune.objective import family_summary
 
     digits = tmp_path / "digits"
     write_digits_shards(digits)
@@ -83,9 +83,8 @@ def test_two_trials_differing_only_in_stitch_lr_get_different_objectives(tmp_pat
         table = results.table(runs[0].run, "step-000004")
         anchors = [r.gmacs for r in table.rows if r.kind == "anchor"]
         assert sum(r.kind == "stitch" and r.top1 is not None for r in table.rows) == 4  # it saw stitches
-    # what ASHA compared at step 4 (the bridge's own computation)
-    scores = {
-        r.run: ObjectiveReportCallback(r.run, db, (min(anchors), max(anchors))).objective("step-000004")["objective"]
-        for r in runs
-    }
+        # what ASHA compared at step 4: ObjectiveReportCallback.objective computes exactly this
+        gmacs_range = (min(anchors), max(anchors))
+        scores = {r.run: family_summary(results.table(r.run, "step-000004").rows, gmacs_range)["objective"]
+                  for r in runs}  # fmt: skip
     assert len(set(scores.values())) == 2, scores
