@@ -18,15 +18,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {
     # name: (listing, csv family, results file, title, final_norm)
-    "deit": ("deit_state_dict.json", "deit", "stitching_deit/results/stitches_res.txt",
-             "SN-Net DeiT-Ti/S/B"),
-    "swin": ("swin_state_dict.json", "swin", "stitching_swin/results/stitches_res.txt",
-             "SN-Net Swin-Ti/S/B (ImageNet-22k->1k anchors)"),
-    "resnet": ("resnet18_resnet50_state_dict.json", "resnet18_resnet50",
-               "stitching_resnet_swin/results/stitches_res_resnet_18_50.txt", "SN-Net ResNet-18/50"),
-    "resnet_swin": ("resnet18_swin_ti_state_dict.json", "resnet18_swin_ti",
-                    "stitching_resnet_swin/results/stitches_res_resnet_18_swin_ti.txt",
-                    "SN-Net ResNet-18 -> Swin-Ti"),
+    "deit": ("deit_state_dict.json", "deit", "stitching_deit/results/stitches_res.txt", "SN-Net DeiT-Ti/S/B"),
+    "swin": (
+        "swin_state_dict.json",
+        "swin",
+        "stitching_swin/results/stitches_res.txt",
+        "SN-Net Swin-Ti/S/B (ImageNet-22k->1k anchors)",
+    ),
+    "resnet": (
+        "resnet18_resnet50_state_dict.json",
+        "resnet18_resnet50",
+        "stitching_resnet_swin/results/stitches_res_resnet_18_50.txt",
+        "SN-Net ResNet-18/50",
+    ),
+    "resnet_swin": (
+        "resnet18_swin_ti_state_dict.json",
+        "resnet18_swin_ti",
+        "stitching_resnet_swin/results/stitches_res_resnet_18_swin_ti.txt",
+        "SN-Net ResNet-18 -> Swin-Ti",
+    ),
 }
 TIMM_NAMES = {"resnet18_swin_ti": ["resnet18", "swin_tiny_patch4_window7_224"]}
 
@@ -46,24 +56,28 @@ def main(src: Path) -> None:
             anchors = [a["timm_name"] for a in meta["anchors"]] if "timm_name" in meta["anchors"][0] else None
         if anchors is None or fam in TIMM_NAMES:
             anchors = TIMM_NAMES.get(fam) or [
-                "swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224"
+                "swin_tiny_patch4_window7_224",
+                "swin_small_patch4_window7_224",
+                "swin_base_patch4_window7_224",
             ]
         configs = []
         for r in (r for r in rows if r["family"] == fam):
             stitch = r["kind"] == "stitch"
-            configs.append({
-                "id": int(r["id"]),
-                "kind": r["kind"],
-                "anchors": [int(r["front"]), int(r["back"])] if stitch else [int(r["front"])],
-                "stage": int(r["stage"]) if r["stage"] else None,  # None: single-stage anchors (DeiT)
-                "positions": [[int(r["j"]), int(r["l"])]] if stitch else [],
-                "layer_key": r["stitch_layer_key"] or None,
-                "final_norm": {"yes": True, "no": False}.get(r["applies_back_final_norm"]),
-                "acc1": _num(r["published_acc1"]),
-                "acc5": _num(r["published_acc5"]),
-                "gmacs": _num(r["published_flops"]) / 1e9,
-                "params": _num(r["published_params"]),
-            })
+            configs.append(
+                {
+                    "id": int(r["id"]),
+                    "kind": r["kind"],
+                    "anchors": [int(r["front"]), int(r["back"])] if stitch else [int(r["front"])],
+                    "stage": int(r["stage"]) if r["stage"] else None,  # None: single-stage anchors (DeiT)
+                    "positions": [[int(r["j"]), int(r["l"])]] if stitch else [],
+                    "layer_key": r["stitch_layer_key"] or None,
+                    "final_norm": {"yes": True, "no": False}.get(r["applies_back_final_norm"]),
+                    "acc1": _num(r["published_acc1"]),
+                    "acc5": _num(r["published_acc5"]),
+                    "gmacs": _num(r["published_flops"]) / 1e9,
+                    "params": _num(r["published_params"]),
+                }
+            )
         out = {
             "format": "snnet-ray/published/1",
             "name": name,
@@ -73,7 +87,7 @@ def main(src: Path) -> None:
             "anchors": anchors,
             "space": {"rule": "paper", "kernel_size": 2, "stride": 1, "nearest": True, "final_norm": "v1"},
             "gmacs_note": "fvcore FlopCountAnalysis at 1x3x224x224 / 1e9 (one multiply-add = 1; it also counts "
-                          "5 per LayerNorm element and other elementwise ops, so it runs a little above MACs)",
+            "5 per LayerNorm element and other elementwise ops, so it runs a little above MACs)",
             "source": {
                 "repo": "ziplab/SN-Net",
                 "commit": meta["source"]["commit"],
@@ -86,10 +100,12 @@ def main(src: Path) -> None:
             "configs": configs,
         }
         (ROOT / "snnet_ray/reference/published" / f"{name}.json").write_text(json.dumps(out, indent=1) + "\n")
-        keys = [[e["key"], e["shape"], e["dtype"]] + ([True] if e.get("split_bn_aux") else [])
-                for e in meta["state_dict"]]
+        keys = [
+            [e["key"], e["shape"], e["dtype"]] + ([True] if e.get("split_bn_aux") else []) for e in meta["state_dict"]
+        ]
         (ROOT / "tests/data" / f"official_{name}_keys.json").write_text(
-            json.dumps({"location": meta["checkpoint"]["state_dict_location"], "keys": keys}) + "\n")
+            json.dumps({"location": meta["checkpoint"]["state_dict_location"], "keys": keys}) + "\n"
+        )
         print(name, len(configs), "configs", len(keys), "keys")
 
 

@@ -28,7 +28,9 @@ def test_both_presets_distil_from_regnety_160_and_say_when_its_file_is_missing(p
     cfg = load_experiment(preset)
     assert cfg.loss.teacher == "regnety_160" and timm.is_model(cfg.loss.teacher)
     assert (cfg.loss.soft_weight, cfg.loss.distill_weight) == (0.5, 0.5)  # hard distillation, alpha 0.5
-    with pytest.raises(FileNotFoundError, match=r"loss.teacher_weights not found: .*regnety_160.*--set loss.teacher=null"):
+    with pytest.raises(
+        FileNotFoundError, match=r"loss.teacher_weights not found: .*regnety_160.*--set loss.teacher=null"
+    ):
         cfg.loss.check_files()
     weights = tmp_path / "regnety_160.pth"
     weights.write_bytes(b"")

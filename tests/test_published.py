@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -22,7 +23,7 @@ def test_packaged_releases_and_their_ranges():
     assert min(c.gmacs for c in deit.configs) == pytest.approx(1.258, abs=1e-3)
     assert max(c.acc1 for c in deit.configs) == pytest.approx(82.04, abs=0.01)
     front = deit.frontier()
-    assert front[0].id == 0 and all(a.gmacs <= b.gmacs and a.acc1 < b.acc1 for a, b in zip(front, front[1:]))
+    assert front[0].id == 0 and all(a.gmacs <= b.gmacs and a.acc1 < b.acc1 for a, b in itertools.pairwise(front))
     swin = load_published("swin")
     assert (len(swin.configs), swin.configs[2].acc1) == (41, pytest.approx(84.21, abs=0.01))
     with pytest.raises(ValueError, match="no published results called 'levit2'; available: deit"):

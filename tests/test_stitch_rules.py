@@ -152,7 +152,12 @@ def test_cross_family_resnet_to_swin_stitches_through_the_same_adapters():
     model = SNNet.from_timm(CROSS, num_classes=10).eval()
     assert model.family == "resnet+swin" and model.anchor_names[0] == "resnet18"
     # official stages 1 and 2 of the front (ResNet): (0,1) | 2 -> 4 blocks unpaired: (0,1), (1,2), (1,3)
-    assert [(c.stage, c.positions[0]) for c in model.configs[2:]] == [(1, (0, 1)), (2, (0, 1)), (2, (1, 2)), (2, (1, 3))]
+    assert [(c.stage, c.positions[0]) for c in model.configs[2:]] == [
+        (1, (0, 1)),
+        (2, (0, 1)),
+        (2, (1, 2)),
+        (2, (1, 3)),
+    ]
     assert all(isinstance(layer, ConvStitch) and layer.channels_last_out for layer in model.stitch_layers)
     x = torch.randn(8, 3, 32, 32)
     residuals = least_squares_init(model, x)

@@ -23,7 +23,15 @@ import snnet_ray.anchors.vit  # noqa: F401
 from snnet_ray.anchors.base import AnchorAdapter, adapter_for
 from snnet_ray.anchors.weights import checkpoint_num_classes
 
-__all__ = ["SPATIAL_LAYOUTS", "AnchorLike", "AnchorSpec", "PretrainedArg", "check_families", "create_anchors", "resolve_anchor_specs"]
+__all__ = [
+    "SPATIAL_LAYOUTS",
+    "AnchorLike",
+    "AnchorSpec",
+    "PretrainedArg",
+    "check_families",
+    "create_anchors",
+    "resolve_anchor_specs",
+]
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--run", required=True, help="the baseline run (a)")
     p.add_argument("--against", default=None, help="the run compared with it (b)")
     p.add_argument(
-        "--published", default=None, help="put --run beside a release's published results (deit, swin, resnet, resnet_swin)"
+        "--published",
+        default=None,
+        help="put --run beside a release's published results (deit, swin, resnet, resnet_swin)",
     )
     p.add_argument("--checkpoint", default=None, help="checkpoint of --run (default latest)")
     p.add_argument("--against-checkpoint", default=None, help="checkpoint of --against (default latest)")

@@ -141,7 +141,7 @@ def load_official_checkpoint(path: str | Path, location: str | None = None) -> d
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 (the unpickler raises several types)
+    except Exception as err:
         raise ValueError(
             f"{path} holds Python objects that weights-only loading refuses ({err}); extract the state dict "
             "where you trust the file: torch.save(torch.load(F, weights_only=False)['model'], 'state.pth') "
@@ -195,7 +195,9 @@ def convert_official_state_dict(
         out[ours] = value
         report.loaded += 1
     if unknown:
-        raise ValueError(f"{len(unknown)} keys of the checkpoint fit no part of the {family} SN-Net, e.g. {unknown[:3]}")
+        raise ValueError(
+            f"{len(unknown)} keys of the checkpoint fit no part of the {family} SN-Net, e.g. {unknown[:3]}"
+        )
     missing = sorted(set(target) - set(out))
     if missing:
         raise ValueError(f"the checkpoint lacks {len(missing)} keys of the {family} SN-Net, e.g. {missing[:3]}")
@@ -209,7 +211,9 @@ def import_official(
 ) -> tuple[Path, ImportReport]:
     """Turn an official checkpoint (file or state dict) into a saved SNNet in `out_dir`."""
     r = _release(family)
-    state = checkpoint if isinstance(checkpoint, Mapping) else load_official_checkpoint(checkpoint, r.state_dict_location)
+    state = (
+        checkpoint if isinstance(checkpoint, Mapping) else load_official_checkpoint(checkpoint, r.state_dict_location)
+    )
     model = build_official_snnet(family)
     converted, report = convert_official_state_dict(model, state, family)
     model.load_state_dict(converted, strict=True)

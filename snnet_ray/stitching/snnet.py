@@ -207,7 +207,8 @@ class SNNet(nn.Module):
         """A stitched config from the front anchor's output after its first cut to the logits."""
         for hop in range(1, cfg.num_hops):  # middle anchors of a multi-hop path
             h = self.stitch_layers[cfg.layers[hop - 1]](h)
-            h = self.anchors[cfg.anchors[hop]].run_stage(cfg.stage, h, cfg.positions[hop - 1][1], cfg.positions[hop][0] + 1)
+            start, stop = cfg.positions[hop - 1][1], cfg.positions[hop][0] + 1
+            h = self.anchors[cfg.anchors[hop]].run_stage(cfg.stage, h, start, stop)
         h = self.stitch_layers[cfg.layers[-1]](h)
         back = self.anchors[cfg.anchors[-1]]
         return back.forward_from(h, cfg.stage, cfg.positions[-1][1], norm=self.stitch_final_norm(cfg))
@@ -260,7 +261,8 @@ class SNNet(nn.Module):
 
     def _path_pieces(self, cfg: StitchConfig) -> list[tuple[int, list[str]]]:
         """(anchor, piece keys) of every anchor a stitched config runs, front to back."""
-        out = [(cfg.anchors[0], list(path_pieces(self.anchors[cfg.anchors[0]], cfg.stage, cfg.positions[0][0], "front")))]
+        front = cfg.anchors[0]
+        out = [(front, list(path_pieces(self.anchors[front], cfg.stage, cfg.positions[0][0], "front")))]
         for hop in range(1, cfg.num_hops):
             start, stop = cfg.positions[hop - 1][1], cfg.positions[hop][0]
             out.append((cfg.anchors[hop], [f"block.{cfg.stage}.{i}" for i in range(start, stop + 1)]))

@@ -35,6 +35,7 @@ Built-in rules:
 from __future__ import annotations
 
 import importlib
+import itertools
 import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -246,7 +247,7 @@ def build_stitch_space(
         raise ValueError(f"stride must be >= 1, got {stride}")
     if len(layouts) < 2:
         raise ValueError(f"SN-Net needs at least two anchors, got {len(layouts)}")
-    for a, b in zip(layouts, layouts[1:]):
+    for a, b in itertools.pairwise(layouts):
         if len(a.depths) != len(b.depths):
             raise ValueError(f"anchors have {len(a.depths)} and {len(b.depths)} stages; stitching needs equal stages")
     fn = get_rule(rule)
@@ -278,7 +279,9 @@ class SpaceBuilder:
         self.layers.append(spec)
         return spec.index
 
-    def add_config(self, anchors: Sequence[int], stage: int, positions: Sequence[Position], layers: Sequence[int]) -> int:
+    def add_config(
+        self, anchors: Sequence[int], stage: int, positions: Sequence[Position], layers: Sequence[int]
+    ) -> int:
         """A new stitched config (one hop per position); returns its id."""
         if len(positions) != len(anchors) - 1 or len(layers) != len(positions):
             raise ValueError("a stitched config needs one position and one layer per hop")
