@@ -121,14 +121,19 @@ def main() -> None:
     parser.add_argument("--joint-steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    # One thread: these models are tiny (op overhead, not arithmetic), and a second thread's spinning
+    # only slows a shared machine down. Also makes the run deterministic.
+    torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     x_train, y_train, x_val, y_val = digits(args.train_per_class, args.seed)
     model = SNNet.from_timm(ANCHORS, img_size=SIZE, patch_size=4, num_classes=10, drop_path_rate=0.0)
     anchors = [c.id for c in model.configs if c.is_anchor]
     for a in anchors:
+        print(f"[{time.perf_counter() - start:5.0f} s] pre-training anchor {a} ({model.anchor_names[a]})", flush=True)
         train(model, model.anchors[a].parameters(), lambda _, a=a: a, x_train, y_train, args.anchor_steps, 3e-3,
               args.seed + a)  # fmt: skip
+    print(f"[{time.perf_counter() - start:5.0f} s] least-squares init, then joint training", flush=True)
     least_squares_init(model, x_train[:100])
     g = torch.Generator().manual_seed(args.seed)
     n_cfg = len(model.configs)
