@@ -9,11 +9,11 @@ script reproduces that on real data on a CPU in about two minutes and says wheth
   download), upsampled to 16x16 RGB. Per class `--train-per-class` images for training (default
   40: 400), every other image for validation (1,397), split stratified with a fixed seed.
 - augmentation: a random shift of up to 2 px per batch (the digits are centred; no flips).
-- anchors: three DeiT-style ViTs of depth 6 (patch 4: 16 tokens + class token) and widths 8 / 24 /
-  64, so their capacities, and with 40 images per class their accuracies, differ clearly.
+- anchors: two DeiT-style ViTs of depth 6 (patch 4: 16 tokens + class token) and widths 16 and 64,
+  so their capacities, and with 40 images per class their accuracies, differ clearly.
 - anchor pre-training: each anchor alone, `--anchor-steps` AdamW steps (batch 64, one-cycle lr 3e-3,
   label smoothing 0.1), as SN-Net starts from independently pretrained anchors.
-- SN-Net: the `paper` rule (the official DeiT space: 3 + 16 + 16 configs), least-squares init from
+- SN-Net: the `paper` rule (the official DeiT space: 2 + 16 configs), least-squares init from
   100 training images, then `--joint-steps` steps of joint training with the paper's sampling (one
   config drawn uniformly per step, anchors included), lr 1e-3, all parameters.
 - evaluation: every config on the whole validation set; top-1 with a 95% Wilson interval.
@@ -50,8 +50,7 @@ from snnet_ray import SNNet, least_squares_init
 
 SIZE = 16
 ANCHORS = [
-    ("deit_tiny_patch16_224", dict(embed_dim=8, depth=6, num_heads=1, mlp_ratio=2.0)),
-    ("deit_small_patch16_224", dict(embed_dim=24, depth=6, num_heads=2, mlp_ratio=2.0)),
+    ("deit_tiny_patch16_224", dict(embed_dim=16, depth=6, num_heads=1, mlp_ratio=2.0)),
     ("deit_base_patch16_224", dict(embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.0)),
 ]
 
