@@ -93,7 +93,7 @@ echo $! >"$OUT/results.pid"
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PAGE_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
 kill -0 "$(cat "$OUT/results.pid")" 2>/dev/null || { tail -5 "$OUT/results_server.log"; exit 1; }
 
-step "the claim at CPU scale: stitches interpolate between anchors (bench/interpolation.py, ~2 min)"
+step "the claim at CPU scale: stitches interpolate between anchors (bench/interpolation.py, ~1 min)"
 # The tiny_digits run above shows the product end to end; its 360 validation images cannot separate
 # anchors that all score 92-97%. This protocol (README, "Reproducing the claim") can.
 python bench/interpolation.py | tail -6
