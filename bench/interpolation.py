@@ -3,11 +3,11 @@
 SN-Net (Pan et al., CVPR 2023, Fig. 1/5) trains anchors of one family and several sizes, stitches
 them, trains all configs jointly for a few epochs, and finds that the stitches fill the accuracy/FLOPs
 range between the anchors: accuracy rises with cost from the small anchor to the large one. This
-script reproduces that on real data on a CPU in about two minutes and says whether it holds:
+script reproduces that on real data on a CPU in under a minute and says whether it holds:
 
 - data: scikit-learn's handwritten digits (1,797 real 8x8 scans, bundled with scikit-learn, no
   download), upsampled to 16x16 RGB. Per class `--train-per-class` images for training (default
-  40: 400), every other image for validation (1,397), split stratified with a fixed seed.
+  40: 400), all remaining images for validation (1,397), split stratified with a fixed seed.
 - augmentation: a random shift of up to 2 px per batch (the digits are centred; no flips).
 - anchors: two DeiT-style ViTs of depth 6 (patch 4: 16 tokens + class token) and widths 16 and 64,
   so their capacities, and with 40 images per class their accuracies, differ clearly.
