@@ -1,4 +1,8 @@
-"""The stitch space: positions, shared layers, unequal depths, pairs, ids, the `stitches` command."""
+"""The stitch space (`dense` rule): positions, shared layers, unequal depths, pairs, ids, `stitches`.
+
+The official spaces (`paper` rule, the default) are tested against the official listings in
+test_stitch_rules.py.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ def test_window_positions_paper_count():
 
 
 def test_deit_ti_s_b_has_71_configs_and_22_layers():
-    space = build_stitch_space([vit(12, 192), vit(12, 384), vit(12, 768)])
+    space = build_stitch_space([vit(12, 192), vit(12, 384), vit(12, 768)], rule="dense")
     assert len(space.configs) == 71 and len(space.layers) == 22
     assert [c.name for c in space.configs[:5]] == ["anchor0", "anchor1", "anchor2", "0-1:0,0", "0-1:0,1"]
     assert [c.id for c in space.configs] == list(range(71))
@@ -52,26 +56,26 @@ def test_larger_windows_and_strides():
 
 def test_unequal_depth_maps_by_relative_depth():
     # front 6 blocks (shallow), back 18: back index l -> 3l
-    space = build_stitch_space([vit(6, 96), vit(18, 192)])
+    space = build_stitch_space([vit(6, 96), vit(18, 192)], rule="dense")
     positions = [c.positions[0] for c in space.configs[2:]]
     assert len(positions) == 3 * 6 - 2
     assert positions[:5] == [(0, 0), (0, 3), (1, 0), (1, 3), (1, 6)]
     # deeper front: front cut j -> round((j + 1) * 3) - 1
-    space = build_stitch_space([vit(18, 96), vit(6, 192)])
+    space = build_stitch_space([vit(18, 96), vit(6, 192)], rule="dense")
     assert [c.positions[0] for c in space.configs[2:6]] == [(2, 0), (2, 1), (5, 0), (5, 1)]
 
 
 def test_back_half_starts_only_where_the_stage_shape_holds():
     a = AnchorLayout((2, 2), (8, 16), (0,), (0, 1))
     b = AnchorLayout((2, 2), (32, 64), (0,), (1, 1))
-    space = build_stitch_space([a, b])
+    space = build_stitch_space([a, b], rule="dense")
     assert [c.positions[0] for c in space.configs[2:]] == [(0, 1), (1, 1)]
 
 
 def test_pairs():
     assert anchor_pairs(3, nearest=True) == [(0, 1), (1, 2)]
     assert anchor_pairs(3, nearest=False) == [(0, 1), (0, 2), (1, 2)]
-    space = build_stitch_space([vit(12, 192), vit(12, 384), vit(12, 768)], nearest=False)
+    space = build_stitch_space([vit(12, 192), vit(12, 384), vit(12, 768)], nearest=False, rule="dense")
     assert len(space.configs) == 3 + 3 * 34
     assert {c.anchors for c in space.configs[3:]} == {(0, 1), (0, 2), (1, 2)}
 
@@ -86,7 +90,7 @@ def test_pairs():
 )
 def test_bad_windows(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        build_stitch_space([vit(12, 192), vit(12, 384)], **kwargs)
+        build_stitch_space([vit(12, 192), vit(12, 384)], rule="dense", **kwargs)
 
 
 def test_stitches_command_deit_json(capsys):
@@ -102,11 +106,11 @@ def test_stitches_command_deit_json(capsys):
 
 
 def test_stitches_command_swin(capsys):
-    assert main(["stitches", "--anchors", ",".join(SWIN), "--json"]) == 0
+    assert main(["stitches", "--anchors", ",".join(SWIN), "--rule", "dense", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     # 3 anchors + stages 0,1 (2 blocks: 4 positions per pair) + stage 2 (Ti->S 6->18 blocks: 16,
-    # S->B 18 blocks: 52). The published model kept only forward jumps j < l (41); see README.
-    assert out["num_configs"] == 3 + 2 * (4 + 4) + 16 + 52 == 87
+    # S->B 18 blocks: 52). The official code keeps only forward jumps j < l (41, rule paper).
+    assert out["num_configs"] == 3 + 2 * (4 + 4) + 16 + 52 == 87 and out["rule"] == "dense"
     assert {c["stage"] for c in out["configs"][3:]} == {0, 1, 2}
 
 

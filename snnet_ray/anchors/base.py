@@ -63,6 +63,9 @@ class AnchorAdapter(nn.Module):
     family: ClassVar[str] = ""
     layout: ClassVar[str] = "tokens"
     """Activation layout at a cut: 'tokens' (B, N, C), 'nhwc' (B, H, W, C) or 'nchw' (B, C, H, W)."""
+    v1_stitch_final_norm: ClassVar[bool] = True
+    """Whether the official SN-Net (v1) code runs this family's final norm at the end of a stitched
+    path (`final_norm='v1'`). Its DeiT code did not (it ends in `forward_head`); Swin's did."""
 
     def __init__(self, model: nn.Module, name: str) -> None:
         super().__init__()
@@ -86,8 +89,8 @@ class AnchorAdapter(nn.Module):
         """The modules `enter(stage)` runs (for parameter counts)."""
         return []
 
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm, pooling and classifier head: last stage output -> logits."""
+    def finish(self, x: torch.Tensor, norm: bool = True) -> torch.Tensor:
+        """Final norm (skipped with `norm=False`), pooling and classifier head: last stage output -> logits."""
         raise NotImplementedError
 
     def finish_modules(self) -> list[nn.Module]:
@@ -112,6 +115,11 @@ class AnchorAdapter(nn.Module):
         """Stages in which a cut may be placed (Swin/ResNet: all but the last)."""
         return list(range(max(self.num_stages - 1, 1)))
 
+    @property
+    def official_stitch_stages(self) -> list[int]:
+        """Stages the official SN-Net code stitches for this family (`rule='paper'`)."""
+        return self.stitch_stages
+
     # -- generic --------------------------------------------------------------------------------
     @property
     def num_stages(self) -> int:
@@ -135,6 +143,11 @@ class AnchorAdapter(nn.Module):
             height, width = img_size
         return int(channels), int(height), int(width)
 
+    @property
+    def fixed_input_size(self) -> bool:
+        """Whether the model only takes `input_size` (a patch embedding with an image size); CNNs take any."""
+        return getattr(getattr(self.model, "patch_embed", None), "img_size", None) is not None
+
     def run_stage(self, stage: int, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Run blocks start..stop-1 of a stage (no `enter`)."""
         for block in self.stage_blocks(stage)[start:stop]:
@@ -148,12 +161,12 @@ class AnchorAdapter(nn.Module):
             x = self.run_stage(s, self.enter(s, x))
         return self.run_stage(stage, self.enter(stage, x), 0, block + 1)
 
-    def forward_from(self, x: torch.Tensor, stage: int, block: int) -> torch.Tensor:
+    def forward_from(self, x: torch.Tensor, stage: int, block: int, norm: bool = True) -> torch.Tensor:
         """Back half of a stitch: `block` of `stage` onwards, later stages, final norm and head."""
         x = self.run_stage(stage, x, block)
         for s in range(stage + 1, self.num_stages):
             x = self.run_stage(s, self.enter(s, x))
-        return self.finish(x)
+        return self.finish(x, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The whole anchor; equals the timm model's own forward."""

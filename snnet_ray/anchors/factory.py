@@ -23,7 +23,15 @@ import snnet_ray.anchors.vit  # noqa: F401
 from snnet_ray.anchors.base import AnchorAdapter, adapter_for
 from snnet_ray.anchors.weights import checkpoint_num_classes
 
-__all__ = ["AnchorLike", "AnchorSpec", "PretrainedArg", "create_anchors", "resolve_anchor_specs"]
+__all__ = [
+    "SPATIAL_LAYOUTS",
+    "AnchorLike",
+    "AnchorSpec",
+    "PretrainedArg",
+    "check_families",
+    "create_anchors",
+    "resolve_anchor_specs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +119,21 @@ def resolve_anchor_specs(
     return specs
 
 
+SPATIAL_LAYOUTS = ("nchw", "nhwc")
+"""Layouts whose activations are a grid of pixels: families with these stitch across (ResNet -> Swin)."""
+
+
+def check_families(names: Sequence[str], families: Sequence[type[AnchorAdapter]]) -> None:
+    """One family, or families whose cuts are all pixel grids (the official ResNet-18 -> Swin-Ti)."""
+    if len(set(families)) > 1 and not all(f.layout in SPATIAL_LAYOUTS for f in families):
+        found = ", ".join(f"{n} ({f.family})" for n, f in zip(names, families))
+        raise ValueError(
+            f"anchors must be of one family, got {found}; SN-Net stitches models of one kind "
+            "and several sizes (e.g. DeiT-Ti/S/B or Swin-Ti/S/B); across families only between "
+            "pixel-grid activations (CNN and Swin, e.g. resnet18 -> swin_tiny_patch4_window7_224)"
+        )
+
+
 def _build(spec: AnchorSpec, timm_kwargs: Mapping[str, Any], pretrained: bool, **extra: Any) -> torch.nn.Module:
     kwargs = {**timm_kwargs, **spec.kwargs, **extra}
     return timm.create_model(spec.name, pretrained=pretrained, **kwargs)
@@ -119,15 +142,6 @@ def _build(spec: AnchorSpec, timm_kwargs: Mapping[str, Any], pretrained: bool, *
 def _families_without_kwargs(specs: Sequence[AnchorSpec]) -> list[type[AnchorAdapter]]:
     with torch.device("meta"):
         return [adapter_for(_build(s, {}, pretrained=False)) for s in specs]
-
-
-def _check_one_family(specs: Sequence[AnchorSpec], families: Sequence[type[AnchorAdapter]]) -> None:
-    if len(set(families)) > 1:
-        found = ", ".join(f"{s.name} ({f.family})" for s, f in zip(specs, families))
-        raise ValueError(
-            f"anchors must be of one family, got {found}; SN-Net stitches models of one kind "
-            "and several sizes (e.g. DeiT-Ti/S/B or Swin-Ti/S/B)"
-        )
 
 
 def create_anchors(
@@ -151,10 +165,11 @@ def create_anchors(
             families = _families_without_kwargs(specs)
         except TypeError:
             families = []  # the anchors' own kwargs need the shared ones: report the first error
-        _check_one_family(specs, families)
+        if families:
+            check_families([s.name for s in specs], families)
         raise TypeError(f"timm could not build the anchors with timm_kwargs {dict(timm_kwargs)}: {err}") from err
     families = [adapter_for(m) for m in probes]
-    _check_one_family(specs, families)
+    check_families([s.name for s in specs], families)
 
     adapters = []
     for spec, adapter_cls in zip(specs, families):

@@ -39,8 +39,13 @@ class ResNetAdapter(AnchorAdapter):
         first = self._stage(stage)[0]
         return 0 if getattr(first, "downsample", None) is None else 1
 
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(x)
+    def finish(self, x: torch.Tensor, norm: bool = True) -> torch.Tensor:
+        return self.model.forward_head(x)  # no final norm in a ResNet
+
+    @property
+    def official_stitch_stages(self) -> list[int]:
+        # The official ResNet code stitches layer2 and layer3 only (never the stem's stage or the last).
+        return list(range(1, self.num_stages - 1))
 
     def finish_modules(self) -> list[nn.Module]:
         return [self.model.fc]

@@ -39,8 +39,8 @@ class SwinAdapter(AnchorAdapter):
     def enter_modules(self, stage: int) -> list[nn.Module]:
         return [self.model.layers[stage].downsample]
 
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.norm(x))
+    def finish(self, x: torch.Tensor, norm: bool = True) -> torch.Tensor:
+        return self.model.forward_head(self.model.norm(x) if norm else x)
 
     def finish_modules(self) -> list[nn.Module]:
         return [self.model.norm, self.model.head]

@@ -23,6 +23,7 @@ class ViTAdapter(AnchorAdapter):
 
     family = "vit"
     layout = "tokens"
+    v1_stitch_final_norm = False  # official v1 DeiT stitches end in forward_head, without `norm`
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -34,8 +35,8 @@ class ViTAdapter(AnchorAdapter):
     def stage_blocks(self, stage: int) -> Sequence[nn.Module]:
         return self.model.blocks
 
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.norm(x))
+    def finish(self, x: torch.Tensor, norm: bool = True) -> torch.Tensor:
+        return self.model.forward_head(self.model.norm(x) if norm else x)
 
     def finish_modules(self) -> list[nn.Module]:
         m = self.model

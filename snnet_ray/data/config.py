@@ -67,6 +67,9 @@ class DataConfig:
     mixup_switch_prob: float = 0.5
     mixup_mode: str = "batch"
     label_smoothing: float = 0.1
+    repeated_aug: int = 1
+    """Repeated augmentation (DeiT's recipe: 3): each training image is read once and used this many
+    times, augmented independently; an epoch keeps its length, so it sees 1/repeats distinct images."""
     seed: int = 0
     """Shard order, shuffle buffers and augmentation all derive from it (with epoch, rank and worker)."""
     pin_memory: bool = True
@@ -104,6 +107,7 @@ class DataConfig:
         need(self.mixup_alpha >= 0 and self.cutmix_alpha >= 0, "mixup_alpha and cutmix_alpha must be >= 0")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         need(self.mixup_mode in ("batch", "pair", "elem"), "mixup_mode must be batch, pair or elem")
+        need(1 <= self.repeated_aug <= 16, f"repeated_aug must be in 1..16 (1: off), got {self.repeated_aug}")
         need(
             not self.mixes or self.batch_size % 2 == 0,
             f"mixup/cutmix pair each image with another, so batch_size must be even (got {self.batch_size})",

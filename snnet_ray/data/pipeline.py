@@ -249,6 +249,7 @@ class _TrainDataset(IterableDataset):
         pipeline = wds.DataPipeline(
             partial(_endless_shards, self.urls, cfg.seed, self.epoch, index, count),
             partial(_read_train_samples, lengths=self.lengths, skips=self.skips, num_classes=self.num_classes),
+            partial(_repeat, times=cfg.repeated_aug) if cfg.repeated_aug > 1 else None,
             wds.shuffle(
                 cfg.shuffle_buffer,
                 cfg.shuffle_initial,
@@ -324,6 +325,14 @@ def _labels_in_range(samples: Iterable[Sample], num_classes: int) -> Iterator[Sa
 def _label_problem(label: int, num_classes: int) -> str:
     return (f"label {label} is outside [0, {num_classes}) (num_classes in _info.json); "
             "fix the .cls member or write the shards again")
+
+
+def _repeat(samples: Iterable[Sample], *, times: int) -> Iterator[Sample]:
+    """Repeated augmentation: each encoded sample `times` times; decoding augments every copy anew,
+    and the shuffle buffer after this stage spreads the copies over different batches."""
+    for s in samples:
+        for _ in range(times):
+            yield s
 
 
 def _decode_train(

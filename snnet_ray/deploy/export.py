@@ -186,11 +186,12 @@ def load_exported(out_dir: str | Path, device: torch.device | str = "cpu") -> St
         (j, l), stage, layer = spec["position"], spec["stage"], spec["stitch_layer"]
         net = StitchedNetwork(
             prune_anchor(front, set(path_pieces(front, stage, j, "front"))),
-            make_stitching_layer(layer["layout"], layer["in_width"], layer["out_width"]),
+            make_stitching_layer(layer["layout"], layer["in_width"], layer["out_width"], layer.get("out_layout")),
             prune_anchor(back, set(path_pieces(back, stage, l, "back"))),
             stage=stage,
             position=(j, l),
             spec=spec,
+            final_norm=spec.get("final_norm", True),
         )
         del front, back
     net.load_state_dict(load_file(str(weights_path)))

@@ -53,6 +53,7 @@ class StitchedNetwork(nn.Module):
         stage: int | None = None,
         position: tuple[int, int] | None = None,
         spec: dict[str, Any] | None = None,
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         if (stitch is None) != (back is None) or (back is not None and (stage is None or position is None)):
@@ -60,6 +61,8 @@ class StitchedNetwork(nn.Module):
         self.front, self.stitch, self.back = front, stitch, back
         self.stage = stage
         self.position = tuple(position) if position is not None else None
+        self.final_norm = final_norm
+        """Whether the back half runs its final norm (False: official v1 DeiT stitches)."""
         self.spec: dict[str, Any] = dict(spec or {})
 
     @property
@@ -70,7 +73,8 @@ class StitchedNetwork(nn.Module):
         if self.back is None:
             return self.front(x)
         j, l = self.position
-        return self.back.forward_from(self.stitch(self.front.forward_until(x, self.stage, j)), self.stage, l)
+        h = self.stitch(self.front.forward_until(x, self.stage, j))
+        return self.back.forward_from(h, self.stage, l, norm=self.final_norm)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -86,6 +90,10 @@ def extract_config(model: SNNet, cfg_id: int) -> StitchedNetwork:
     if not 0 <= cfg_id < len(model.configs):
         raise ValueError(f"config id {cfg_id} out of range; this SN-Net has configs 0..{len(model.configs) - 1}")
     cfg = model.configs[cfg_id]
+    if cfg.num_hops > 1:
+        raise ValueError(
+            f"config {cfg_id} ({cfg.name}) runs {cfg.num_hops} stitches; export takes anchors and one-stitch configs"
+        )
     spec = _network_spec(model, cfg)
     if cfg.is_anchor:
         net = StitchedNetwork(copy.deepcopy(model.anchors[cfg.anchors[0]]), spec=spec)
@@ -99,6 +107,7 @@ def extract_config(model: SNNet, cfg_id: int) -> StitchedNetwork:
             stage=cfg.stage,
             position=(j, l),
             spec=spec,
+            final_norm=model.stitch_final_norm(cfg),
         )
     return net.train(model.training)
 
@@ -160,13 +169,15 @@ def _network_spec(model: SNNet, cfg: StitchConfig) -> dict[str, Any]:
         "crop_mode": data.get("crop_mode"),
         "stage": cfg.stage,
         "position": list(cfg.positions[0]) if cfg.positions else None,
+        "final_norm": True if cfg.is_anchor else model.stitch_final_norm(cfg),
         "num_stages": anchors[0].num_stages,
     }
     if not cfg.is_anchor:
         layer = model.layer_specs[cfg.layer]
         spec["stitch_layer"] = {
             "index": layer.index,
-            "layout": anchors[0].layout,
+            "layout": model.anchors[layer.front].layout,
+            "out_layout": model.anchors[layer.back].layout,
             "in_width": layer.in_width,
             "out_width": layer.out_width,
         }

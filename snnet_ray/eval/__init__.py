@@ -16,5 +16,7 @@ __all__, __getattr__ = lazy_exports(
         "EvalRequest": ".distributed",
         "evaluate_distributed": ".distributed",
         "register_configs": ".distributed",
+        "resolve_eval_configs": ".select",
+        "spanning_configs": ".select",
     },
 )

@@ -127,12 +127,16 @@ def evaluate_batch_tensor(
     # cut points each front anchor keeps: (stage, block)
     cuts: dict[int, set[tuple[int, int]]] = defaultdict(set)
     into: dict[int, list[_Stream]] = defaultdict(list)  # back anchor -> stitch streams
+    hops: list[int] = []  # multi-hop configs (official nearest=False): they share only the front prefix
     for cfg_id in ids:
         cfg = model.configs[cfg_id]
         if not cfg.is_anchor:
-            (front, back), (j, l) = cfg.anchors, cfg.positions[0]
+            front, (j, l) = cfg.anchors[0], cfg.positions[0]
             cuts[front].add((cfg.stage, j))
-            into[back].append(_Stream(cfg_id, (cfg.stage, l), (front, cfg.stage, j), cfg.layer))
+            if cfg.num_hops > 1:
+                hops.append(cfg_id)
+            else:
+                into[cfg.anchors[-1]].append(_Stream(cfg_id, (cfg.stage, l), (front, cfg.stage, j), cfg.layer))
     saved: dict[tuple[int, int, int], torch.Tensor] = {}  # (anchor, stage, block) -> activation
     stitched: dict[tuple[int, int], torch.Tensor] = {}  # (layer, front block) -> stitching output
     batch = images.shape[0]
@@ -145,6 +149,10 @@ def evaluate_batch_tensor(
             logits, rows = _walk(model, a, group, images, keep, saved, stitched, a in wanted)
             if logits is not None:
                 _count(logits, labels, [row_of[s.cfg_id] for s in rows], counts, batch)
+    for cfg_id in hops:
+        cfg = model.configs[cfg_id]
+        logits = model.forward_stitched(saved[(cfg.anchors[0], cfg.stage, cfg.positions[0][0])], cfg)
+        _count(logits, labels, [row_of[cfg_id]], counts, batch)
     return ids, counts
 
 
@@ -204,7 +212,11 @@ def _walk(
                 x, running, has_own = (x[batch:] if len(running) > 1 else None), running[1:], False
     if x is None or not running:
         return None, []
-    return anchor.finish(x), running
+    # The anchor's own stream always runs the final norm; a stitch runs it unless `final_norm="v1"`.
+    norms = [st.source is None or model.stitch_final_norm(model.configs[st.cfg_id]) for st in running]
+    if all(n == norms[0] for n in norms):
+        return anchor.finish(x, norm=norms[0]), running
+    return torch.cat([anchor.finish(part, norm=n) for part, n in zip(x.split(batch), norms)]), running
 
 
 def _count(logits: torch.Tensor, labels: torch.Tensor, rows: list[int], counts: torch.Tensor, batch: int) -> None:

@@ -22,6 +22,8 @@ one is answered with 422 and a message naming each bad field.
     GET  /api/runs/{run}/export          file                     ?format=parquet|csv&checkpoint=
     GET  /api/compare                    Comparison               ?a=&b=&checkpoint_a=&checkpoint_b=
     GET  /  /runs/{run}  /compare        HTML pages (chart inline, no network needed)
+    GET  /published/{name}[?run=R]       a release's published results, or run R beside them
+    GET  /api/published/{name}[?run=R]   the same as ResultsTable / Comparison
 
 Hostile input is bounded before it costs anything: a request body over `MAX_BODY_BYTES` is refused
 with 413 while it streams in, before any parsing (`BodyLimit`); a batch holds at most `MAX_BATCH`
@@ -239,6 +241,24 @@ def create_app(store: ResultsStore | LocalResults, token: str | None = None) -> 
     ) -> str:
         ta, tb = results.table(a, checkpoint_a), results.table(b, checkpoint_b)
         return compare_page(results.compare(a, b, checkpoint_a, checkpoint_b), ta, tb, base=_base(request))
+
+    @app.get("/api/published/{name}")
+    def published_api(name: str, run: str | None = None, checkpoint: str | None = None) -> Any:
+        from snnet_ray.results.published import compare_published, published_table
+
+        if run is None:
+            return published_table(name)
+        return compare_published(results.table(run, checkpoint), name)
+
+    @app.get("/published/{name}", response_class=HTMLResponse)
+    def published_view(request: Request, name: str, run: str | None = None, checkpoint: str | None = None) -> str:
+        from snnet_ray.results.published import compare_published, published_table
+
+        published = published_table(name)
+        if run is None:
+            return run_page(published, None, base=_base(request))
+        table = results.table(run, checkpoint)
+        return compare_page(compare_published(table, name), published, table, base=_base(request))
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

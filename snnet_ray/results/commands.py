@@ -5,6 +5,7 @@
     snnet-ray results show    --run R [--checkpoint C] [--sort gmacs|top1|id] [--json]
     snnet-ray results pareto  --run R [--by gmacs|latency --device D] [--png FILE] [--json]
     snnet-ray results compare --run A --against B [--json]
+    snnet-ray results compare --run A --published deit|swin|resnet|resnet_swin [--json]
     snnet-ray results export  --run R --out FILE.parquet|FILE.csv
 
 Reading commands take `--db URL` (a database, opened directly) or `--url URL` (a running service);
@@ -55,7 +56,12 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("compare", help="compare two runs config by config and by frontier")
     _add_source(p)
     p.add_argument("--run", required=True, help="the baseline run (a)")
-    p.add_argument("--against", required=True, help="the run compared with it (b)")
+    p.add_argument("--against", default=None, help="the run compared with it (b)")
+    p.add_argument(
+        "--published",
+        default=None,
+        help="put --run beside a release's published results (deit, swin, resnet, resnet_swin)",
+    )
     p.add_argument("--checkpoint", default=None, help="checkpoint of --run (default latest)")
     p.add_argument("--against-checkpoint", default=None, help="checkpoint of --against (default latest)")
     p.add_argument("--png", default=None, help="draw both runs into this figure")
@@ -138,6 +144,10 @@ def _pareto(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from snnet_ray.results.text import format_comparison
 
+    if (args.against is None) == (args.published is None):
+        raise ValueError("give exactly one of --against RUN (another run) and --published NAME (a release's results)")
+    if args.published:
+        return _compare_published(args)
     with _open(args) as results:
         cmp = results.compare(args.run, args.against, args.checkpoint, args.against_checkpoint)
         tables = []
@@ -149,6 +159,28 @@ def _compare(args: argparse.Namespace) -> int:
         from snnet_ray.results.plot import plot_pareto
 
         png = plot_pareto(tables, args.png)
+    if args.json:
+        _print_json({**cmp.model_dump(mode="json"), "png": str(png) if png else None})
+        return 0
+    print(format_comparison(cmp))
+    if png:
+        print(f"\nfigure: {png.resolve()}")
+    return 0
+
+
+def _compare_published(args: argparse.Namespace) -> int:
+    from snnet_ray.results.published import compare_published, published_table
+    from snnet_ray.results.text import format_comparison
+
+    published = published_table(args.published)  # an unknown name fails before any query
+    with _open(args) as results:
+        table = results.table(args.run, args.checkpoint)
+    cmp = compare_published(table, args.published)
+    png = None
+    if args.png:
+        from snnet_ray.results.plot import plot_pareto
+
+        png = plot_pareto([published, table], args.png)
     if args.json:
         _print_json({**cmp.model_dump(mode="json"), "png": str(png) if png else None})
         return 0

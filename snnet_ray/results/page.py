@@ -55,7 +55,11 @@ def index_page(runs: Sequence[RunSummary], base: str = "") -> str:
             f'<select name="b">{_options(runs, 0)}</select> '
             '<button type="submit">Compare</button></form>'
         )
-    return _layout("Runs", base, f"<h1>Runs</h1>{table}{compare}", crumbs=[])
+    from snnet_ray.reference.published import list_published
+
+    published = " · ".join(f'<a href="{base}/published/{quote(n)}">{escape(n)}</a>' for n in list_published())
+    published = f'<p class="note">Published SN-Net results: {published} (add <code>?run=RUN</code> to compare).</p>'
+    return _layout("Runs", base, f"<h1>Runs</h1>{table}{compare}{published}", crumbs=[])
 
 
 def run_page(table: ResultsTable, info: RunSummary | None = None, base: str = "") -> str:

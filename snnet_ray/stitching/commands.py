@@ -1,4 +1,8 @@
-"""`snnet-ray stitches`: list the configs of an SN-Net (built on the meta device, no weights)."""
+"""`snnet-ray stitches`: list the configs of an SN-Net (built on the meta device, no weights).
+
+`snnet-ray import-official --family deit|swin|resnet|resnet_swin --checkpoint F --out DIR`: an
+official SN-Net release becomes a saved SNNet (rule 'paper', final norm 'v1').
+"""
 
 from __future__ import annotations
 
@@ -19,10 +23,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kernel-size", type=int, default=2, help="sliding-window size over blocks (default 2)")
     p.add_argument("--stride", type=int, default=1, help="window stride (default 1)")
     p.add_argument("--all-pairs", action="store_true", help="stitch every small->large pair, not only neighbours")
+    p.add_argument(
+        "--rule",
+        default="paper",
+        help="stitch-space rule: paper (the official SN-Net spaces, default), dense (every window), or any registered",
+    )
+    p.add_argument("--final-norm", default="always", choices=["always", "v1"], help="final norm on stitched paths")
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the anchors')")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the anchors')")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(handler=_stitches)
+
+    p = subparsers.add_parser(
+        "import-official",
+        help="turn an official SN-Net checkpoint (ziplab/SN-Net releases) into a saved SNNet",
+        description="Load an official SN-Net checkpoint (weights only) into the release's SNNet and save it.",
+    )
+    p.add_argument("--family", required=True, choices=["deit", "swin", "resnet", "resnet_swin"])
+    p.add_argument("--checkpoint", required=True, help="the release file, e.g. snnet_deit.pth (or .safetensors)")
+    p.add_argument("--out", required=True, help="directory for the saved SNNet (snnet.json + model.safetensors)")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(handler=_import_official)
 
 
 def _stitches(args: argparse.Namespace) -> int:
@@ -38,6 +59,8 @@ def _stitches(args: argparse.Namespace) -> int:
         kernel_size=args.kernel_size,
         stride=args.stride,
         nearest=not args.all_pairs,
+        rule=args.rule,
+        final_norm=args.final_norm,
         device="meta",
         **timm_kwargs,
     )
@@ -52,6 +75,8 @@ def _stitches(args: argparse.Namespace) -> int:
             "kernel_size": model.kernel_size,
             "stride": model.stride,
             "nearest": model.nearest,
+            "rule": model.rule,
+            "final_norm": model.final_norm,
             "num_configs": len(rows),
             "num_stitch_layers": len(model.stitch_layers),
             "configs": rows,
@@ -67,4 +92,26 @@ def _stitches(args: argparse.Namespace) -> int:
         f"\n{len(rows)} configs ({len(model.anchors)} anchors + {len(rows) - len(model.anchors)} stitches), "
         f"{len(model.stitch_layers)} stitching layers, {min(gmacs):.2f}-{max(gmacs):.2f} GMACs"
     )
+    return 0
+
+
+def _import_official(args: argparse.Namespace) -> int:
+    from snnet_ray.stitching.official import import_official
+
+    out, report = import_official(args.family, args.checkpoint, args.out)
+    summary = {
+        "out": str(out),
+        "family": args.family,
+        "loaded": report.loaded,
+        "rebuilt_buffers": len(report.rebuilt_buffers),
+        "split_bn_aux": len(report.split_bn_aux),
+    }
+    if args.json:
+        json.dump(summary, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(
+            f"imported {args.checkpoint}: {report.loaded} tensors loaded, {len(report.rebuilt_buffers)} buffers "
+            f"rebuilt by timm, {len(report.split_bn_aux)} split-BN auxiliary tensors unused -> {out}"
+        )
     return 0

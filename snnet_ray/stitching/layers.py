@@ -24,10 +24,19 @@ class LinearStitch(nn.Linear):
 
 
 class ConvStitch(nn.Conv2d):
-    """Stitching layer for NCHW activations: a 1x1 convolution."""
+    """Stitching layer for NCHW activations: a 1x1 convolution.
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    `channels_last_out=True` hands the back anchor NHWC (a CNN front stitched into Swin, as the
+    official ResNet-18 -> Swin-Ti SN-Net does: features to tokens).
+    """
+
+    def __init__(self, in_features: int, out_features: int, channels_last_out: bool = False) -> None:
         super().__init__(in_features, out_features, kernel_size=1)
+        self.channels_last_out = channels_last_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y.permute(0, 2, 3, 1) if self.channels_last_out else y
 
     def load_solution(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         with torch.no_grad():
@@ -38,12 +47,21 @@ class ConvStitch(nn.Conv2d):
 _LAYER_BY_LAYOUT: dict[str, type[nn.Module]] = {"tokens": LinearStitch, "nhwc": LinearStitch, "nchw": ConvStitch}
 
 
-def make_stitching_layer(layout: str, in_features: int, out_features: int) -> nn.Module:
-    """The stitching layer for an activation layout ('tokens', 'nhwc' or 'nchw')."""
-    try:
+def make_stitching_layer(layout: str, in_features: int, out_features: int, out_layout: str | None = None) -> nn.Module:
+    """The stitching layer for an activation layout ('tokens', 'nhwc' or 'nchw').
+
+    `out_layout` is the back anchor's layout when it differs (cross-family): NCHW -> NHWC only.
+    """
+    if layout not in _LAYER_BY_LAYOUT:
+        raise ValueError(f"unknown activation layout '{layout}'; known: {sorted(_LAYER_BY_LAYOUT)}")
+    if out_layout is None or out_layout == layout:
         return _LAYER_BY_LAYOUT[layout](in_features, out_features)
-    except KeyError:
-        raise ValueError(f"unknown activation layout '{layout}'; known: {sorted(_LAYER_BY_LAYOUT)}") from None
+    if (layout, out_layout) == ("nchw", "nhwc"):
+        return ConvStitch(in_features, out_features, channels_last_out=True)
+    raise ValueError(
+        f"no stitching layer from '{layout}' to '{out_layout}' activations; across families SN-Net "
+        "stitches a CNN front (nchw) into a Swin back (nhwc)"
+    )
 
 
 def to_rows(x: torch.Tensor, layout: str) -> torch.Tensor:

@@ -60,10 +60,11 @@ def least_squares_init(model: SNNet, images: torch.Tensor) -> dict[int, float]:
                 cache[(a, stage)] = model.anchors[a].stage_features(images, stage)
         _, front_out = cache[(front, stage)]
         back_in, back_out = cache[(back, stage)]
-        layout = model.anchors[front].layout
+        # The layouts differ across families (ResNet -> Swin: NCHW front, NHWC back).
+        front_layout, back_layout = model.anchors[front].layout, model.anchors[back].layout
         for spec in specs:
             rows = [
-                (to_rows(front_out[j], layout), to_rows(back_in if l == 0 else back_out[l - 1], layout))
+                (to_rows(front_out[j], front_layout), to_rows(back_in if l == 0 else back_out[l - 1], back_layout))
                 for j, l in spec.positions
             ]
             solutions = [solve_least_squares(x, y) for x, y in rows]

@@ -61,6 +61,11 @@ def load_snnet(directory: str | Path, device: torch.device | str = "cpu") -> SNN
         kernel_size=spec["kernel_size"],
         stride=spec["stride"],
         nearest=spec["nearest"],
+        # Models saved before rules and final-norm modes existed were built with today's 'dense'
+        # rule and always ran the final norm: they load as they were trained.
+        rule=spec.get("rule", "dense"),
+        final_norm=spec.get("final_norm", "always"),
+        rule_options=spec.get("rule_options") or None,
         device=device,
         **spec["timm_kwargs"],
     )

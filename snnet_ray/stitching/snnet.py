@@ -3,6 +3,7 @@
     model = SNNet.from_timm(["deit_tiny_patch16_224", "deit_small_patch16_224",
                              "deit_base_patch16_224"], pretrained=[ti, s, b])
     model.configs          # 71 StitchConfig: 3 anchors, then 34 Ti->S and 34 S->B stitches
+                           # (rule="paper", the official spaces; rule="dense": every window)
     model.select(40)       # cheap: only an index changes
     logits = model(x)      # runs the selected path only
     model.cost(40)         # ConfigCost(gmacs=..., params=...)
@@ -23,12 +24,16 @@ import torch
 from torch import nn
 
 from snnet_ray.anchors import AnchorAdapter, create_anchors, resolve_anchor_specs
-from snnet_ray.anchors.factory import AnchorLike, PretrainedArg
+from snnet_ray.anchors.factory import AnchorLike, PretrainedArg, check_families
 from snnet_ray.stitching.cost import AnchorProfile, ConfigCost, path_pieces, profile_anchor, profile_layer
 from snnet_ray.stitching.layers import make_stitching_layer
-from snnet_ray.stitching.space import AnchorLayout, StitchConfig, StitchLayerSpec, build_stitch_space
+from snnet_ray.stitching.space import DEFAULT_RULE, AnchorLayout, StitchConfig, StitchLayerSpec, build_stitch_space
 
-__all__ = ["SNNet"]
+__all__ = ["FINAL_NORM_MODES", "SNNet"]
+
+FINAL_NORM_MODES = ("always", "v1")
+"""`always`: every path ends with the back anchor's final norm (SN-Netv2, this project's default);
+`v1`: as the official SN-Net v1 code, whose DeiT stitched paths skip it (anchors run it)."""
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,13 @@ class SNNet(nn.Module):
         anchors: adapted anchors of one family (any order; kept sorted by MACs).
         kernel_size: sliding-window size over block indices (stitch granularity).
         stride: window stride.
-        nearest: pair neighbours in size order only (Ti->S, S->B), else every small->large pair.
+        nearest: pair neighbours in size order only (Ti->S, S->B), else every small->large pair
+            (with rule='paper' on single-stage anchors also the official Ti->S->B two-hop configs).
+        rule: the stitch-space rule ('paper': the official code's spaces, 'dense': every window; see
+            `snnet_ray.stitching.space.list_rules()`).
+        final_norm: 'always' (every path runs the back anchor's final norm) or 'v1' (official v1:
+            DeiT stitched paths skip it; needed to reproduce official v1 checkpoints).
+        rule_options: rule-specific options, passed to the rule untouched.
     """
 
     def __init__(
@@ -49,12 +60,17 @@ class SNNet(nn.Module):
         kernel_size: int = 2,
         stride: int = 1,
         nearest: bool = True,
+        rule: str = DEFAULT_RULE,
+        final_norm: str = "always",
+        rule_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if len({type(a) for a in anchors}) > 1:
-            found = ", ".join(f"{a.name} ({a.family})" for a in anchors)
-            raise ValueError(f"anchors must be of one family, got {found}")
-        input_size = anchors[0].input_size
+        if final_norm not in FINAL_NORM_MODES:
+            raise ValueError(f"final_norm must be one of {', '.join(FINAL_NORM_MODES)}, got {final_norm!r}")
+        check_families([a.name for a in anchors], [type(a) for a in anchors])
+        # A CNN takes any size; a patch-embedding anchor fixes it (ResNet -> Swin runs at Swin's size).
+        fixed = [a.input_size for a in anchors if a.fixed_input_size]
+        input_size = fixed[0] if fixed else anchors[0].input_size
         profiles = [profile_anchor(a, input_size) for a in anchors]
         order = sorted(range(len(anchors)), key=lambda i: profiles[i].total_macs)
         if order != list(range(len(anchors))):
@@ -70,6 +86,8 @@ class SNNet(nn.Module):
 
         self.anchors = nn.ModuleList(anchors)
         self.kernel_size, self.stride, self.nearest = kernel_size, stride, nearest
+        self.rule, self.final_norm = rule, final_norm
+        self.rule_options = dict(rule_options or {})
         self.input_size = input_size
         space = build_stitch_space(
             [
@@ -78,22 +96,30 @@ class SNNet(nn.Module):
                     widths=tuple(a.stage_widths),
                     stitch_stages=tuple(a.stitch_stages),
                     first_back_blocks=tuple(a.first_back_block(s) for s in range(a.num_stages)),
+                    family=a.family,
+                    layout=a.layout,
+                    official_stages=tuple(a.official_stitch_stages),
                 )
                 for a in anchors
             ],
             kernel_size=kernel_size,
             stride=stride,
             nearest=nearest,
+            rule=rule,
+            rule_options=self.rule_options,
         )
         self.configs: list[StitchConfig] = space.configs
         self.layer_specs: list[StitchLayerSpec] = space.layers
         device = next(anchors[0].parameters()).device
         with torch.device(device):
             self.stitch_layers = nn.ModuleList(
-                make_stitching_layer(anchors[s.front].layout, s.in_width, s.out_width) for s in space.layers
+                make_stitching_layer(anchors[s.front].layout, s.in_width, s.out_width, anchors[s.back].layout)
+                for s in space.layers
             )
         self._layer_costs = [
-            profile_layer(layer, _with_channels(self._profiles[s.front].stage_shapes[s.stage], s.in_width, anchors[0]))
+            profile_layer(
+                layer, _with_channels(self._profiles[s.front].stage_shapes[s.stage], s.in_width, anchors[s.front])
+            )
             for layer, s in zip(self.stitch_layers, space.layers)
         ]
         self._selected = 0
@@ -110,6 +136,9 @@ class SNNet(nn.Module):
         nearest: bool = True,
         pretrained: PretrainedArg | Sequence[PretrainedArg] | Mapping[str, PretrainedArg] = False,
         device: torch.device | str = "cpu",
+        rule: str = DEFAULT_RULE,
+        final_norm: str = "always",
+        rule_options: Mapping[str, Any] | None = None,
         **timm_kwargs: Any,
     ) -> SNNet:
         """Build an SN-Net from timm model names.
@@ -125,20 +154,26 @@ class SNNet(nn.Module):
         any real model is built or any weight file is read.
         """
         specs = resolve_anchor_specs(anchors, pretrained)
-        meta = cls(create_anchors(specs, "meta", **timm_kwargs), kernel_size, stride, nearest)
-        if str(device) == "meta":
-            return meta
-        # Build in the size order found on meta, so the real build neither re-sorts nor re-logs.
+        space_kwargs = dict(rule=rule, final_norm=final_norm, rule_options=rule_options)
+        meta = cls(create_anchors(specs, "meta", **timm_kwargs), kernel_size, stride, nearest, **space_kwargs)
         sorted_specs = [specs[i] for i in meta.anchor_order]
-        model = cls(create_anchors(sorted_specs, device, **timm_kwargs), kernel_size, stride, nearest)
-        model.anchor_order = meta.anchor_order
-        model.build_spec = {
+        build_spec = {
             "anchors": [[s.name, dict(s.kwargs)] for s in sorted_specs],
             "kernel_size": kernel_size,
             "stride": stride,
             "nearest": nearest,
+            "rule": rule,
+            "final_norm": final_norm,
+            "rule_options": dict(rule_options or {}),
             "timm_kwargs": dict(timm_kwargs),
         }
+        if str(device) == "meta":
+            meta.build_spec = build_spec
+            return meta
+        # Build in the size order found on meta, so the real build neither re-sorts nor re-logs.
+        model = cls(create_anchors(sorted_specs, device, **timm_kwargs), kernel_size, stride, nearest, **space_kwargs)
+        model.anchor_order = meta.anchor_order
+        model.build_spec = build_spec
         return model
 
     # -- selecting and running ----------------------------------------------------------------------
@@ -166,10 +201,22 @@ class SNNet(nn.Module):
         cfg = self.configs[cfg_id]
         if cfg.is_anchor:
             return self.anchors[cfg.anchors[0]](x)
-        (front, back), (j, l) = cfg.anchors, cfg.positions[0]
-        h = self.anchors[front].forward_until(x, cfg.stage, j)
-        h = self.stitch_layers[cfg.layer](h)
-        return self.anchors[back].forward_from(h, cfg.stage, l)
+        h = self.anchors[cfg.anchors[0]].forward_until(x, cfg.stage, cfg.positions[0][0])
+        return self.forward_stitched(h, cfg)
+
+    def forward_stitched(self, h: torch.Tensor, cfg: StitchConfig) -> torch.Tensor:
+        """A stitched config from the front anchor's output after its first cut to the logits."""
+        for hop in range(1, cfg.num_hops):  # middle anchors of a multi-hop path
+            h = self.stitch_layers[cfg.layers[hop - 1]](h)
+            start, stop = cfg.positions[hop - 1][1], cfg.positions[hop][0] + 1
+            h = self.anchors[cfg.anchors[hop]].run_stage(cfg.stage, h, start, stop)
+        h = self.stitch_layers[cfg.layers[-1]](h)
+        back = self.anchors[cfg.anchors[-1]]
+        return back.forward_from(h, cfg.stage, cfg.positions[-1][1], norm=self.stitch_final_norm(cfg))
+
+    def stitch_final_norm(self, cfg: StitchConfig) -> bool:
+        """Whether stitched config `cfg` runs its back anchor's final norm (see `final_norm`)."""
+        return self.final_norm == "always" or self.anchors[cfg.anchors[-1]].v1_stitch_final_norm
 
     # -- regional compilation -----------------------------------------------------------------------
     def compile_blocks(self, backend: str = "inductor", mode: str | None = None, **options: Any) -> int:
@@ -219,7 +266,8 @@ class SNNet(nn.Module):
 
     @property
     def family(self) -> str:
-        return self.anchors[0].family
+        """The anchors' family ('vit', 'swin', ...); cross-family SN-Nets join theirs, e.g. 'resnet+swin'."""
+        return "+".join(dict.fromkeys(a.family for a in self.anchors))
 
     @property
     def num_classes(self) -> int:
@@ -244,24 +292,37 @@ class SNNet(nn.Module):
         if cfg.is_anchor:
             p = self._profiles[cfg.anchors[0]]
             return ConfigCost(gmacs=p.total_macs / 1e9, params=p.total_params)
-        (front, back), (j, l) = cfg.anchors, cfg.positions[0]
-        pf, pb = self._profiles[front], self._profiles[back]
-        keys_f = list(path_pieces(self.anchors[front], cfg.stage, j, "front"))
-        keys_b = list(path_pieces(self.anchors[back], cfg.stage, l, "back"))
-        layer_macs, layer_params = self._layer_costs[cfg.layer]
-        macs = sum(pf.macs[k] for k in keys_f) + layer_macs + sum(pb.macs[k] for k in keys_b)
-        params = sum(pf.params[k] for k in keys_f) + layer_params + sum(pb.params[k] for k in keys_b)
+        macs = params = 0
+        for a, keys in self._path_pieces(cfg):
+            macs += sum(self._profiles[a].macs[k] for k in keys)
+            params += sum(self._profiles[a].params[k] for k in keys)
+        for layer in cfg.layers:
+            macs += self._layer_costs[layer][0]
+            params += self._layer_costs[layer][1]
         return ConfigCost(gmacs=macs / 1e9, params=params)
+
+    def _path_pieces(self, cfg: StitchConfig) -> list[tuple[int, list[str]]]:
+        """(anchor, piece keys) of every anchor a stitched config runs, front to back."""
+        front = cfg.anchors[0]
+        out = [(front, list(path_pieces(self.anchors[front], cfg.stage, cfg.positions[0][0], "front")))]
+        for hop in range(1, cfg.num_hops):
+            start, stop = cfg.positions[hop - 1][1], cfg.positions[hop][0]
+            out.append((cfg.anchors[hop], [f"block.{cfg.stage}.{i}" for i in range(start, stop + 1)]))
+        back = cfg.anchors[-1]
+        out.append((back, list(path_pieces(self.anchors[back], cfg.stage, cfg.positions[-1][1], "back"))))
+        return out
 
     def config_modules(self, cfg_id: int) -> list[nn.Module]:
         """The blocks and stitching layer a config runs (for hooks and tests)."""
         cfg = self.configs[cfg_id]
         if cfg.is_anchor:
             return [blk for _, _, blk in self.anchors[cfg.anchors[0]].blocks()]
-        (front, back), (j, l) = cfg.anchors, cfg.positions[0]
-        mods = [blk for s, i, blk in self.anchors[front].blocks() if s < cfg.stage or (s == cfg.stage and i <= j)]
-        mods.append(self.stitch_layers[cfg.layer])
-        mods += [blk for s, i, blk in self.anchors[back].blocks() if s > cfg.stage or (s == cfg.stage and i >= l)]
+        mods: list[nn.Module] = []
+        for hop, (a, keys) in enumerate(self._path_pieces(cfg)):
+            wanted = set(keys)
+            mods += [blk for s, i, blk in self.anchors[a].blocks() if f"block.{s}.{i}" in wanted]
+            if hop < cfg.num_hops:
+                mods.append(self.stitch_layers[cfg.layers[hop]])
         return mods
 
     # -- parameter groups -------------------------------------------------------------------------
@@ -274,8 +335,8 @@ class SNNet(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"family={self.family}, anchors={self.anchor_names}, configs={len(self.configs)}, "
-            f"stitch_layers={len(self.stitch_layers)}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"nearest={self.nearest}"
+            f"stitch_layers={len(self.stitch_layers)}, rule={self.rule}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, nearest={self.nearest}, final_norm={self.final_norm}"
         )
 
 
@@ -334,9 +395,10 @@ def _check_compatible(anchors: Sequence[AnchorAdapter], profiles: Sequence[Ancho
     if len(classes) > 1:
         found = ", ".join(f"{a.name}: {a.num_classes}" for a in anchors)
         raise ValueError(f"anchors disagree on num_classes ({found}); pass num_classes=N for all of them")
-    sizes = {a.input_size for a in anchors}
+    sized = [a for a in anchors if a.fixed_input_size] or list(anchors)
+    sizes = {a.input_size for a in sized}
     if len(sizes) > 1:
-        found = ", ".join(f"{a.name}: {a.input_size}" for a in anchors)
+        found = ", ".join(f"{a.name}: {a.input_size}" for a in sized)
         raise ValueError(f"anchors disagree on input size ({found}); pass img_size=N for all of them")
     for stage in anchors[0].stitch_stages:
         spatial = {_spatial(p.stage_shapes[stage], a.layout) for a, p in zip(anchors, profiles)}

@@ -65,6 +65,10 @@ class ModelConfig:
     kernel_size: int = 2
     stride: int = 1
     nearest: bool = True
+    rule: str = "paper"
+    """Stitch-space rule: 'paper' (the official SN-Net spaces) or 'dense' (every window, every stage)."""
+    final_norm: str = "always"
+    """'always' (every path runs the back anchor's final norm) or 'v1' (official v1 DeiT: stitches skip it)."""
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     """Applied to every anchor, e.g. num_classes, img_size, drop_path_rate."""
     ls_init_images: int = 100
@@ -79,6 +83,8 @@ class ModelConfig:
         self.anchors = [a if isinstance(a, str) else (a[0], dict(a[1])) for a in self.anchors]
         if self.ls_init_images < 0:
             raise ValueError(f"model.ls_init_images must be >= 0, got {self.ls_init_images}")
+        if self.final_norm not in ("always", "v1"):
+            raise ValueError(f"model.final_norm must be 'always' or 'v1', got {self.final_norm!r}")
 
 
 @dataclass
@@ -160,7 +166,8 @@ class EvalConfig:
     every_steps: int = 0
     """Evaluate every N optimizer steps (0: only at the end)."""
     configs: Any = "all"
-    """'all', 'anchors', or a list of config ids, for periodic evaluations."""
+    """'all', 'anchors', 'span[:N]' (anchors + N stitches across the GMACs range: what a sweep's ASHA
+    needs to see stitch hyperparameters), or a list of config ids, for periodic evaluations."""
     max_shards: int | None = None
     """Periodic evaluations use only the first N validation shards; None: all."""
     final: bool = True
@@ -173,12 +180,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.every_steps < 0:
             raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
-        if not (self.configs in ("all", "anchors") or isinstance(self.configs, list)):
-            raise ValueError(f"eval.configs must be 'all', 'anchors' or a list of ids, got {self.configs!r}")
-        if isinstance(self.configs, list):
-            bad = [c for c in self.configs if isinstance(c, bool) or not isinstance(c, int) or c < 0]
-            if bad or not self.configs:
-                raise ValueError(f"eval.configs must list config ids (integers >= 0), got {self.configs!r}")
+        from snnet_ray.eval.select import check_eval_configs
+
+        check_eval_configs(self.configs)
 
 
 @dataclass

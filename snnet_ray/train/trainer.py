@@ -309,11 +309,9 @@ class Trainer:
         return self._eval_copy.to(self.device, self.dtype)
 
     def _config_ids(self, configs: Any) -> list[int]:
-        if configs == "all":
-            return [c.id for c in self.model.configs]
-        if configs == "anchors":
-            return [c.id for c in self.model.configs if c.is_anchor]
-        return [int(c) for c in configs]
+        from snnet_ray.eval.select import resolve_eval_configs
+
+        return resolve_eval_configs(self.model, configs)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _train_loader(self, seed_offset: int):
@@ -380,6 +378,8 @@ def _build_model(cfg: ExperimentConfig):
         kernel_size=m.kernel_size,
         stride=m.stride,
         nearest=m.nearest,
+        rule=m.rule,
+        final_norm=m.final_norm,
         pretrained=local_weights(m.pretrained),
         **m.timm_kwargs,
     )
