@@ -116,10 +116,13 @@ def evaluate_batch(
         cfg = model.configs[cfg_id]
         if cfg.is_anchor:
             continue
-        (front, back), (j, l) = cfg.anchors, cfg.positions[0]
+        (front, back), (j, l) = cfg.anchors[:2], cfg.positions[0]
         key = (cfg.layer, j)
         if key not in stitched:
             stitched[key] = model.stitch_layers[cfg.layer](saved[(front, cfg.stage, j)])
+        if len(cfg.anchors) > 2:  # SN-Netv2 round trip: shares its first switch, runs its own tail
+            logits_by_id[cfg_id] = model.continue_route(stitched[key], cfg_id)
+            continue
         logits_by_id[cfg_id] = model.anchors[back].forward_from(stitched[key], cfg.stage, l)
 
     return {cfg_id: count_predictions(logits_by_id[cfg_id], labels) for cfg_id in ids}

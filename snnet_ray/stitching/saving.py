@@ -62,6 +62,10 @@ def load_snnet(directory: str | Path, device: torch.device | str = "cpu") -> SNN
         stride=spec["stride"],
         nearest=spec["nearest"],
         device=device,
+        # SN-Netv2 fields; older saves predate them and hold v1 spaces with plain layers.
+        rule=spec.get("rule", "paper"),
+        lora_r=int(spec.get("lora_r", 0)),
+        lora_alpha=float(spec.get("lora_alpha", 1.0)),
         **spec["timm_kwargs"],
     )
     if str(device) != "meta":  # on meta only the structure (configs, costs) is wanted

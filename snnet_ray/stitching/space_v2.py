@@ -1,0 +1,197 @@
+"""The SN-Netv2 stitch space: two-way stitching and round trips (Pan et al., arXiv 2307.00154).
+
+SN-Net v1 only stitches small -> large (fast-to-slow). SN-Netv2 ("Stitched ViTs are Flexible
+Vision Backbones") lets a path switch anchors at any interior block boundary, in either direction,
+once or twice. For a pair of plain ViTs (S smaller, L larger, one stage each) with depths D_s and
+D_l, boundary k (k = 1..D_s-1: after k blocks of the shallower anchor) sits at relative depth
+k/D_s; on the deeper anchor it is boundary K(k) = round(k * D_deep / D_shallow). A route is:
+
+    SL   S[0..k)                     -> L[K(k)..D_l)           (v1's direction)
+    LS   L[0..K(k))                  -> S[k..D_s)
+    LSL  L[0..K(a)) -> S[a..b)       -> L[K(b)..D_l)            a < b
+    SLS  S[0..a)    -> L[K(a)..K(b)) -> S[b..D_s)               a < b
+
+then the last anchor's final norm and head. In (j, l) terms (front's last block j, back's first
+block l) an SL switch at k is (k-1, K(k)) and an LS switch is (K(k)-1, k); a round trip holds
+two such positions. With D_s-1 boundaries a pair has 2 anchors + 2 (D_s-1) one-way configs +
+2 C(D_s-1, 2) round trips: DeiT3-S/B (12/12) and DeiT3-S/L, B/L (12/24) all have
+2 + 22 + 110 = 134, the official enumeration (which also builds an SL switch after the last
+small block, k = D_s, that it never trains or evaluates; it is left out here).
+
+Stitching layers: one per (direction, boundary), shared by every route that switches there in
+that direction (an SLS route at (a, b) uses SL layer a and LS layer b). A pair has 2 (D_s-1)
+layers, each least-squares initialised from its one-way position.
+
+Several anchors (DeiT3-S/B/L): every pair of `anchor_pairs(nearest)` gets its own space (S/B and
+B/L with `nearest=True`, also S/L otherwise), anchors first, then pair by pair in the order
+SL, LS, LSL, SLS. Config ids are stable and equal the official ids for one pair, less one above
+the skipped config (official id 13 for D_s = 12): `official_v2_id` maps them.
+
+Only single-stage (plain ViT) anchors: the official method stitches DeiT III; Swin and ResNet
+change resolution between stages, where a round trip would have to cross it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+
+from snnet_ray.stitching.space import AnchorLayout, StitchConfig, StitchLayerSpec, StitchSpace, anchor_pairs
+
+__all__ = [
+    "RULE",
+    "V2_VARIANTS",
+    "RouteConfig",
+    "build_snnetv2_space",
+    "official_v2_id",
+    "route_segments",
+]
+
+RULE = "snnetv2"
+"""The rule name under which SNNet and `snnet-ray stitches` build this space."""
+
+V2_VARIANTS = ("SL", "LS", "LSL", "SLS")
+"""Route kinds in id order: S = the smaller anchor of the pair, L = the larger."""
+
+Segment = tuple[int, int, int]
+"""(anchor, first block, stop block): blocks first..stop-1 of the anchor's single stage."""
+
+
+@dataclass(frozen=True)
+class RouteConfig(StitchConfig):
+    """A stitched config of the v2 space: a route through 2 or 3 anchor segments.
+
+    `anchors` are the anchors in route order (S, L, S for SLS), `positions` one (j, l) per switch,
+    `layers` the stitching layer of each switch (`layer` is the first, as for v1 configs), and
+    `variant` one of `V2_VARIANTS`.
+    """
+
+    layers: tuple[int, ...] = ()
+    variant: str = ""
+
+    @property
+    def is_round_trip(self) -> bool:
+        return len(self.anchors) > 2
+
+    def describe(self, anchor_names: Sequence[str], stage_depths: Sequence[Sequence[int]] | None = None) -> str:
+        """e.g. 'deit3_small[0..3] -> L0 -> deit3_large[8..13] -> L15 -> deit3_small[7..11]'."""
+        depths = [d[0] for d in stage_depths] if stage_depths else None
+        parts = []
+        for i, (anchor, start, stop) in enumerate(route_segments(self, depths)):
+            last = f"{stop - 1}" if stop is not None else "end"
+            parts.append(f"{anchor_names[anchor]}[{start}..{last}]")
+            if i < len(self.layers):
+                parts.append(f"L{self.layers[i]}")
+        return " -> ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "layers": list(self.layers), "variant": self.variant}
+
+
+def route_segments(cfg: StitchConfig, depths: Sequence[int] | None = None) -> list[Segment]:
+    """The (anchor, first block, stop block) segments a config runs, in order (single-stage anchors).
+
+    `depths[a]` is anchor a's block count (the last segment's stop); without it the last stop is None.
+    """
+    if cfg.is_anchor:
+        a = cfg.anchors[0]
+        return [(a, 0, depths[a] if depths else None)]
+    starts = [0] + [l for _, l in cfg.positions]
+    stops = [j + 1 for j, _ in cfg.positions] + [depths[cfg.anchors[-1]] if depths else None]
+    return list(zip(cfg.anchors, starts, stops))
+
+
+def official_v2_id(cfg_id: int, shallow_depth: int = 12) -> int:
+    """Official SNNetv2 config id of config `cfg_id` of a single-pair v2 space.
+
+    The official enumeration holds one more SL config (a switch after the last small block, id
+    2 + shallow_depth - 1) that it never trains or evaluates; ids above it are one higher there.
+    """
+    skipped = 2 + shallow_depth - 1
+    return cfg_id if cfg_id < skipped else cfg_id + 1
+
+
+def build_snnetv2_space(
+    layouts: Sequence[AnchorLayout],
+    nearest: bool = True,
+    variants: Sequence[str] = V2_VARIANTS,
+) -> StitchSpace:
+    """All configs and stitching layers of an SN-Netv2 over anchors sorted by size."""
+    if len(layouts) < 2:
+        raise ValueError(f"SN-Netv2 needs at least two anchors, got {len(layouts)}")
+    staged = [i for i, a in enumerate(layouts) if len(a.depths) != 1]
+    if staged:
+        raise ValueError(
+            f"rule='snnetv2' stitches plain ViTs (one stage of blocks), but anchor {staged[0]} has "
+            f"{len(layouts[staged[0]].depths)} stages; use rule='paper' for hierarchical families"
+        )
+    unknown = sorted(set(variants) - set(V2_VARIANTS))
+    if unknown or not variants:
+        raise ValueError(f"unknown SN-Netv2 route variants {unknown or variants}; choose from {V2_VARIANTS}")
+
+    configs: list[StitchConfig] = [StitchConfig(id=i, name=f"anchor{i}", anchors=(i,)) for i in range(len(layouts))]
+    layers: list[StitchLayerSpec] = []
+    for small, large in anchor_pairs(len(layouts), nearest):
+        d_s, d_l = layouts[small].depths[0], layouts[large].depths[0]
+        shallow, deep = min(d_s, d_l), max(d_s, d_l)
+        if shallow < 2:
+            raise ValueError(f"anchors {small}/{large} need at least 2 blocks each to stitch, got {d_s}/{d_l}")
+        boundaries = range(1, shallow)
+
+        def cut(anchor: int, k: int, _deep=deep, _shallow=shallow) -> int:
+            """Blocks of `anchor` before shallow boundary k (nearest relative depth on the deeper one)."""
+            depth = layouts[anchor].depths[0]
+            return k if depth == _shallow else int(k * _deep / _shallow + 0.5)
+
+        def position(front: int, back: int, k: int) -> tuple[int, int]:
+            return cut(front, k) - 1, cut(back, k)
+
+        layer_of: dict[tuple[int, int, int], int] = {}
+        directions = [(small, large)] if set(variants) != {"LS"} else []
+        directions += [(large, small)] if set(variants) != {"SL"} else []
+        for front, back in directions:
+            for k in boundaries:
+                layer_of[(front, back, k)] = len(layers)
+                layers.append(
+                    StitchLayerSpec(
+                        index=len(layers),
+                        front=front,
+                        back=back,
+                        stage=0,
+                        window=k - 1,
+                        in_width=layouts[front].widths[0],
+                        out_width=layouts[back].widths[0],
+                        positions=(position(front, back, k),),
+                    )
+                )
+
+        def add(variant: str, route: tuple[int, ...], switches: tuple[int, ...]) -> None:
+            hops = list(zip(route, route[1:]))
+            positions = tuple(position(f, b, k) for (f, b), k in zip(hops, switches))
+            used = tuple(layer_of[(f, b, k)] for (f, b), k in zip(hops, switches))
+            configs.append(
+                RouteConfig(
+                    id=len(configs),
+                    name="-".join(map(str, route)) + ":" + ";".join(f"{j},{l}" for j, l in positions),
+                    anchors=route,
+                    stage=0,
+                    positions=positions,
+                    layer=used[0],
+                    layers=used,
+                    variant=variant,
+                )
+            )
+
+        routes = {
+            "SL": ((small, large), [(k,) for k in boundaries]),
+            "LS": ((large, small), [(k,) for k in boundaries]),
+            "LSL": ((large, small, large), list(combinations(boundaries, 2))),
+            "SLS": ((small, large, small), list(combinations(boundaries, 2))),
+        }
+        for variant in V2_VARIANTS:
+            if variant in variants:
+                route, switch_sets = routes[variant]
+                for switches in switch_sets:
+                    add(variant, route, switches)
+    return StitchSpace(configs=configs, layers=layers)
