@@ -48,7 +48,9 @@ class ViTAdapter(AnchorAdapter):
         if tokens.shape[1] != h * w:  # another image size (dynamic_img_size): square grids only
             h = w = round(tokens.shape[1] ** 0.5)
             if h * w != tokens.shape[1]:
-                raise ValueError(f"{tokens.shape[1]} patch tokens of {self.name} form no square grid; pass square images")
+                raise ValueError(
+                    f"{tokens.shape[1]} patch tokens of {self.name} form no square grid; use square images"
+                )
         return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1]).permute(0, 3, 1, 2)
 
     def finish_modules(self) -> list[nn.Module]:

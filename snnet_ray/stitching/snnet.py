@@ -107,10 +107,9 @@ class SNNet(nn.Module):
                 make_stitching_layer(anchors[s.front].layout, s.in_width, s.out_width, lora_r, lora_alpha)
                 for s in space.layers
             )
-        self._layer_costs = [
-            profile_layer(layer, _with_channels(self._profiles[s.front].stage_shapes[s.stage], s.in_width, anchors[0]))
-            for layer, s in zip(self.stitch_layers, space.layers)
-        ]
+        self._layer_costs = self._profile_layers()
+        # What each layer costs once folded (LoRA merged into a plain layer): export and serving.
+        self._folded_layer_costs = self._profile_layers(folded=True) if lora_r else self._layer_costs
         self._selected = 0
         self.build_spec: dict[str, Any] | None = None
         """How `from_timm` built this model (anchors in size order, kwargs): enough to rebuild it."""
@@ -265,31 +264,47 @@ class SNNet(nn.Module):
         """The path of a config, e.g. 'deit_tiny[0..3] -> L2 -> deit_small[4..11]'."""
         return self.configs[cfg_id].describe(self.anchor_names, [a.stage_depths for a in self.anchors])
 
-    def cost(self, cfg_id: int) -> ConfigCost:
-        """GMACs (one image at the anchors' input size) and parameters of the path of `cfg_id`."""
+    def _profile_layers(self, folded: bool = False) -> list[tuple[int, int]]:
+        """(MACs, params) of every stitching layer, as built or (`folded`) as plain layers."""
+        out = []
+        for layer, s in zip(self.stitch_layers, self.layer_specs):
+            if folded:
+                with torch.device("meta"):
+                    layer = make_stitching_layer(self.anchors[s.front].layout, s.in_width, s.out_width)
+            shape = _with_channels(self._profiles[s.front].stage_shapes[s.stage], s.in_width, self.anchors[0])
+            out.append(profile_layer(layer, shape))
+        return out
+
+    def cost(self, cfg_id: int, folded: bool = False) -> ConfigCost:
+        """GMACs (one image at the anchors' input size) and parameters of the path of `cfg_id`.
+
+        LoRA stitching layers count with their low-rank branch (as trained), or with `folded`
+        as the plain layers `export` and `fold_lora` make of them.
+        """
+        layer_costs = self._folded_layer_costs if folded else self._layer_costs
         cfg = self.configs[cfg_id]
         if cfg.is_anchor:
             p = self._profiles[cfg.anchors[0]]
             return ConfigCost(gmacs=p.total_macs / 1e9, params=p.total_params)
         if len(cfg.anchors) > 2:
-            return self._route_cost(cfg)
+            return self._route_cost(cfg, layer_costs)
         (front, back), (j, l) = cfg.anchors, cfg.positions[0]
         pf, pb = self._profiles[front], self._profiles[back]
         keys_f = list(path_pieces(self.anchors[front], cfg.stage, j, "front"))
         keys_b = list(path_pieces(self.anchors[back], cfg.stage, l, "back"))
-        layer_macs, layer_params = self._layer_costs[cfg.layer]
+        layer_macs, layer_params = layer_costs[cfg.layer]
         macs = sum(pf.macs[k] for k in keys_f) + layer_macs + sum(pb.macs[k] for k in keys_b)
         params = sum(pf.params[k] for k in keys_f) + layer_params + sum(pb.params[k] for k in keys_b)
         return ConfigCost(gmacs=macs / 1e9, params=params)
 
-    def _route_cost(self, cfg: StitchConfig) -> ConfigCost:
+    def _route_cost(self, cfg: StitchConfig, layer_costs: Sequence[tuple[int, int]]) -> ConfigCost:
         """Cost of a multi-segment route: embedding of the first anchor, every segment's blocks,
         every stitching layer, and the last anchor's final norm and head."""
         segments = route_segments(cfg, [a.stage_depths[0] for a in self.anchors])
         keys = [(segments[0][0], "embed"), (segments[-1][0], "finish")]
         keys += [(a, f"block.0.{i}") for a, start, stop in segments for i in range(start, stop)]
-        macs = sum(self._profiles[a].macs[k] for a, k in keys) + sum(self._layer_costs[i][0] for i in cfg.layers)
-        params = sum(self._profiles[a].params[k] for a, k in keys) + sum(self._layer_costs[i][1] for i in cfg.layers)
+        macs = sum(self._profiles[a].macs[k] for a, k in keys) + sum(layer_costs[i][0] for i in cfg.layers)
+        params = sum(self._profiles[a].params[k] for a, k in keys) + sum(layer_costs[i][1] for i in cfg.layers)
         return ConfigCost(gmacs=macs / 1e9, params=params)
 
     def config_modules(self, cfg_id: int) -> list[nn.Module]:
@@ -330,11 +345,7 @@ class SNNet(nn.Module):
                 self.stitch_layers[i] = layer.fold()
                 folded += 1
         if folded:
-            anchor = self.anchors[0]
-            self._layer_costs = [
-                profile_layer(layer, _with_channels(self._profiles[s.front].stage_shapes[s.stage], s.in_width, anchor))
-                for layer, s in zip(self.stitch_layers, self.layer_specs)
-            ]
+            self._layer_costs = self._folded_layer_costs
             self.lora_r = 0
             if self.build_spec is not None:
                 self.build_spec["lora_r"] = 0

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import combinations, pairwise
 
 from snnet_ray.stitching.space import AnchorLayout, StitchConfig, StitchLayerSpec, StitchSpace, anchor_pairs
 
@@ -133,41 +133,64 @@ def build_snnetv2_space(
     configs: list[StitchConfig] = [StitchConfig(id=i, name=f"anchor{i}", anchors=(i,)) for i in range(len(layouts))]
     layers: list[StitchLayerSpec] = []
     for small, large in anchor_pairs(len(layouts), nearest):
-        d_s, d_l = layouts[small].depths[0], layouts[large].depths[0]
-        shallow, deep = min(d_s, d_l), max(d_s, d_l)
-        if shallow < 2:
-            raise ValueError(f"anchors {small}/{large} need at least 2 blocks each to stitch, got {d_s}/{d_l}")
-        boundaries = range(1, shallow)
+        _add_pair(layouts, small, large, variants, configs, layers)
+    return StitchSpace(configs=configs, layers=layers)
 
-        def cut(anchor: int, k: int, _deep=deep, _shallow=shallow) -> int:
-            """Blocks of `anchor` before shallow boundary k (nearest relative depth on the deeper one)."""
-            depth = layouts[anchor].depths[0]
-            return k if depth == _shallow else int(k * _deep / _shallow + 0.5)
 
-        def position(front: int, back: int, k: int) -> tuple[int, int]:
-            return cut(front, k) - 1, cut(back, k)
+def _add_pair(
+    layouts: Sequence[AnchorLayout],
+    small: int,
+    large: int,
+    variants: Sequence[str],
+    configs: list[StitchConfig],
+    layers: list[StitchLayerSpec],
+) -> None:
+    """Append the stitching layers and the stitched configs of one anchor pair."""
+    depth = {small: layouts[small].depths[0], large: layouts[large].depths[0]}
+    shallow, deep = min(depth.values()), max(depth.values())
+    if shallow < 2:
+        raise ValueError(
+            f"anchors {small}/{large} need at least 2 blocks each to stitch, got {depth[small]}/{depth[large]}"
+        )
+    boundaries = range(1, shallow)
 
-        layer_of: dict[tuple[int, int, int], int] = {}
-        directions = [(small, large)] if set(variants) != {"LS"} else []
-        directions += [(large, small)] if set(variants) != {"SL"} else []
-        for front, back in directions:
-            for k in boundaries:
-                layer_of[(front, back, k)] = len(layers)
-                layers.append(
-                    StitchLayerSpec(
-                        index=len(layers),
-                        front=front,
-                        back=back,
-                        stage=0,
-                        window=k - 1,
-                        in_width=layouts[front].widths[0],
-                        out_width=layouts[back].widths[0],
-                        positions=(position(front, back, k),),
-                    )
+    def cut(anchor: int, k: int) -> int:
+        """Blocks of `anchor` before shallow boundary k (nearest relative depth on the deeper one)."""
+        return k if depth[anchor] == shallow else int(k * deep / shallow + 0.5)
+
+    def position(front: int, back: int, k: int) -> tuple[int, int]:
+        return cut(front, k) - 1, cut(back, k)
+
+    routes = {
+        "SL": ((small, large), [(k,) for k in boundaries]),
+        "LS": ((large, small), [(k,) for k in boundaries]),
+        "LSL": ((large, small, large), list(combinations(boundaries, 2))),
+        "SLS": ((small, large, small), list(combinations(boundaries, 2))),
+    }
+    wanted = [v for v in V2_VARIANTS if v in variants]
+    directions = {hop for v in wanted for hop in pairwise(routes[v][0])}
+    layer_of: dict[tuple[int, int, int], int] = {}
+    for front, back in ((small, large), (large, small)):
+        if (front, back) not in directions:
+            continue
+        for k in boundaries:
+            layer_of[(front, back, k)] = len(layers)
+            layers.append(
+                StitchLayerSpec(
+                    index=len(layers),
+                    front=front,
+                    back=back,
+                    stage=0,
+                    window=k - 1,
+                    in_width=layouts[front].widths[0],
+                    out_width=layouts[back].widths[0],
+                    positions=(position(front, back, k),),
                 )
-
-        def add(variant: str, route: tuple[int, ...], switches: tuple[int, ...]) -> None:
-            hops = list(zip(route, route[1:]))
+            )
+    for variant in wanted:
+        route, switch_sets = routes[variant]
+        hops = list(pairwise(route))
+        for switches in switch_sets:
             positions = tuple(position(f, b, k) for (f, b), k in zip(hops, switches))
             used = tuple(layer_of[(f, b, k)] for (f, b), k in zip(hops, switches))
             configs.append(
@@ -182,16 +205,3 @@ def build_snnetv2_space(
                     variant=variant,
                 )
             )
-
-        routes = {
-            "SL": ((small, large), [(k,) for k in boundaries]),
-            "LS": ((large, small), [(k,) for k in boundaries]),
-            "LSL": ((large, small, large), list(combinations(boundaries, 2))),
-            "SLS": ((small, large, small), list(combinations(boundaries, 2))),
-        }
-        for variant in V2_VARIANTS:
-            if variant in variants:
-                route, switch_sets = routes[variant]
-                for switches in switch_sets:
-                    add(variant, route, switches)
-    return StitchSpace(configs=configs, layers=layers)

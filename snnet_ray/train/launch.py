@@ -79,6 +79,7 @@ def validate_experiment(cfg: ExperimentConfig, check_cluster: bool = True) -> An
     m = cfg.model
     model = SNNet.from_timm(
         m.anchors, kernel_size=m.kernel_size, stride=m.stride, nearest=m.nearest,
+        rule=m.rule, lora_r=m.lora_r, lora_alpha=m.lora_alpha,
         pretrained=_check_weights(m.pretrained), device="meta", **m.timm_kwargs,
     )  # fmt: skip
     try:

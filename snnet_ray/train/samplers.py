@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = [
+    "OFFICIAL_FLOPS_GAP",
     "BalancedSampler",
     "FlopsBucketSampler",
-    "OFFICIAL_FLOPS_GAP",
     "ResourceConstrainedSampler",
     "SamplerConfig",
     "StitchSampler",

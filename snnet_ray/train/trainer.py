@@ -359,6 +359,9 @@ def _build_model(cfg: ExperimentConfig):
         kernel_size=m.kernel_size,
         stride=m.stride,
         nearest=m.nearest,
+        rule=m.rule,
+        lora_r=m.lora_r,
+        lora_alpha=m.lora_alpha,
         pretrained=local_weights(m.pretrained),
         **m.timm_kwargs,
     )
