@@ -19,6 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kernel-size", type=int, default=2, help="sliding-window size over blocks (default 2)")
     p.add_argument("--stride", type=int, default=1, help="window stride (default 1)")
     p.add_argument("--all-pairs", action="store_true", help="stitch every small->large pair, not only neighbours")
+    p.add_argument(
+        "--rule",
+        choices=("paper", "dense", "snnetv2"),
+        default="paper",
+        help="stitch space: paper (SN-Net v1, default), dense, or snnetv2 (two-way stitching and round trips)",
+    )
+    p.add_argument("--lora-r", type=int, default=0, help="rank of SN-Netv2's LoRA stitching layers (0: plain)")
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the anchors')")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the anchors')")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
@@ -39,6 +46,8 @@ def _stitches(args: argparse.Namespace) -> int:
         stride=args.stride,
         nearest=not args.all_pairs,
         device="meta",
+        rule=args.rule,
+        lora_r=args.lora_r,
         **timm_kwargs,
     )
     rows = []
@@ -52,6 +61,8 @@ def _stitches(args: argparse.Namespace) -> int:
             "kernel_size": model.kernel_size,
             "stride": model.stride,
             "nearest": model.nearest,
+            "rule": model.rule,
+            "lora_r": model.lora_r,
             "num_configs": len(rows),
             "num_stitch_layers": len(model.stitch_layers),
             "configs": rows,
@@ -59,9 +70,10 @@ def _stitches(args: argparse.Namespace) -> int:
         json.dump(summary, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
-    print(f"{'id':>4}  {'name':<14} {'GMACs':>7} {'Mparams':>8}  path")
+    width = max(14, *(len(r["name"]) for r in rows))  # round-trip names are longer
+    print(f"{'id':>4}  {'name':<{width}} {'GMACs':>7} {'Mparams':>8}  path")
     for r in rows:
-        print(f"{r['id']:>4}  {r['name']:<14} {r['gmacs']:>7.2f} {r['params'] / 1e6:>8.2f}  {r['path']}")
+        print(f"{r['id']:>4}  {r['name']:<{width}} {r['gmacs']:>7.2f} {r['params'] / 1e6:>8.2f}  {r['path']}")
     gmacs = [r["gmacs"] for r in rows]
     print(
         f"\n{len(rows)} configs ({len(model.anchors)} anchors + {len(rows) - len(model.anchors)} stitches), "
