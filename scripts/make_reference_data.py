@@ -6,6 +6,13 @@ Writes `snnet_ray/reference/published/<name>.json` (published per-config results
 config's official layout) and `tests/data/official_<name>_keys.json` (state-dict key, shape and
 dtype of each official checkpoint, for the import test). The inputs are the listings derived
 from ziplab/SN-Net (Apache-2.0) at commit c2dcf306, whose README documents every field.
+
+    python scripts/make_reference_data.py --v2-csv snnetv2_deit3_s_l.csv
+
+One-off conversion of SN-Netv2's published DeiT3-S/L results (the per-config listing made from
+ziplab/SN-Netv2@dd17607 `classification/results/stitches_res_s_l.txt`, Apache-2.0: columns
+official_id, name, variant, gmacs, top1, top5 in `rule='snnetv2'` config order) into
+`snnet_ray/reference/published/snnetv2_deit3_s_l.json`, the same format as v1's releases.
 """
 
 from __future__ import annotations
@@ -109,5 +116,67 @@ def main(src: Path) -> None:
         print(name, len(configs), "configs", len(keys), "keys")
 
 
+V2_DEIT3_S_L = {
+    "name": "snnetv2_deit3_s_l",
+    "title": "SN-Netv2 DeiT3-S/L (LoRA r=64, 50 epochs)",
+    "anchors": ["deit3_small_patch16_224.fb_in22k_ft_in1k", "deit3_large_patch16_224.fb_in22k_ft_in1k"],
+    "space": {"rule": "snnetv2", "kernel_size": 2, "stride": 1, "nearest": True, "final_norm": "always", "lora_r": 64},
+    "source": {
+        "repo": "ziplab/SN-Netv2",
+        "commit": "dd17607",
+        "file": "classification/results/stitches_res_s_l.txt",
+        "license": "Apache-2.0",
+        "preset": "deit3_s_l_imagenet",
+    },
+}
+
+
+def convert_v2_csv(path: Path) -> None:
+    """SN-Netv2's per-config CSV (see the module docstring) -> the published JSON format."""
+    configs = []
+    for i, r in enumerate(csv.DictReader(path.open(newline=""))):
+        name, variant = r["name"], r["variant"]
+        if variant == "anchor":
+            anchors, positions = [int(name.removeprefix("anchor"))], []
+        else:  # '1-0-1:3,4;6,10': the route's anchors, then (j, l) of every switch
+            chain, _, hops = name.partition(":")
+            anchors = [int(a) for a in chain.split("-")]
+            positions = [[int(v) for v in hop.split(",")] for hop in hops.split(";")]
+        configs.append(
+            {
+                "id": i,
+                "kind": "anchor" if variant == "anchor" else "stitch",
+                "anchors": anchors,
+                "stage": None,  # single-stage anchors (DeiT III)
+                "positions": positions,
+                "variant": "" if variant == "anchor" else variant,
+                "official_id": int(r["official_id"]),
+                "layer_key": None,
+                "final_norm": True,
+                "acc1": float(r["top1"]),
+                "acc5": float(r["top5"]),
+                "gmacs": float(r["gmacs"]),
+                "params": None,
+            }
+        )
+    out = {
+        "format": "snnet-ray/published/1",
+        **{k: V2_DEIT3_S_L[k] for k in ("name", "title")},
+        "dataset": "ImageNet-1k validation (50,000 images)",
+        "metric": "top-1 (%)",
+        **{k: V2_DEIT3_S_L[k] for k in ("anchors", "space")},
+        "gmacs_note": "official fvcore FLOPs / 1e9 (one multiply-add = 1; LayerNorms counted too, ~0.2% above "
+        "SNNet.cost with LoRA folded)",
+        "source": V2_DEIT3_S_L["source"],
+        "configs": configs,
+    }
+    dest = ROOT / "snnet_ray/reference/published" / f"{V2_DEIT3_S_L['name']}.json"
+    dest.write_text(json.dumps(out, indent=1) + "\n")
+    print(V2_DEIT3_S_L["name"], len(configs), "configs")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/official_snnet"))
+    if len(sys.argv) == 3 and sys.argv[1] == "--v2-csv":
+        convert_v2_csv(Path(sys.argv[2]))
+    else:
+        main(Path(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/official_snnet"))

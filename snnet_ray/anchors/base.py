@@ -97,6 +97,18 @@ class AnchorAdapter(nn.Module):
         """The modules `finish` runs (for parameter counts)."""
         raise NotImplementedError
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's `forward_features` from the last stage's output: final norm, no pooling or head."""
+        return x
+
+    def feature_map(self, features: torch.Tensor) -> torch.Tensor:
+        """`features` as a dense (B, C, H, W) map, for dense-prediction heads."""
+        if self.layout == "nhwc":
+            return features.permute(0, 3, 1, 2)
+        if self.layout == "nchw":
+            return features
+        raise NotImplementedError(f"{type(self).__name__} must say how its {self.layout} features form a map")
+
     @property
     def stage_widths(self) -> list[int]:
         """Channel width of each stage's blocks."""
@@ -163,10 +175,18 @@ class AnchorAdapter(nn.Module):
 
     def forward_from(self, x: torch.Tensor, stage: int, block: int, norm: bool = True) -> torch.Tensor:
         """Back half of a stitch: `block` of `stage` onwards, later stages, final norm and head."""
+        return self.finish(self.run_from(x, stage, block), norm)
+
+    def run_from(self, x: torch.Tensor, stage: int, block: int) -> torch.Tensor:
+        """`block` of `stage` onwards and the later stages, without `finish`: the last stage's output."""
         x = self.run_stage(stage, x, block)
         for s in range(stage + 1, self.num_stages):
             x = self.run_stage(s, self.enter(s, x))
-        return self.finish(x, norm)
+        return x
+
+    def run_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole anchor without `finish`: image -> the last stage's output."""
+        return self.run_from(self.enter(0, self.embed(x)), 0, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The whole anchor; equals the timm model's own forward."""

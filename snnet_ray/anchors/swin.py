@@ -42,6 +42,9 @@ class SwinAdapter(AnchorAdapter):
     def finish(self, x: torch.Tensor, norm: bool = True) -> torch.Tensor:
         return self.model.forward_head(self.model.norm(x) if norm else x)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.norm(x)
+
     def finish_modules(self) -> list[nn.Module]:
         return [self.model.norm, self.model.head]
 

@@ -38,6 +38,22 @@ class ViTAdapter(AnchorAdapter):
     def finish(self, x: torch.Tensor, norm: bool = True) -> torch.Tensor:
         return self.model.forward_head(self.model.norm(x) if norm else x)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.norm(x)
+
+    def feature_map(self, features: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (class/register tokens dropped) on the patch grid: (B, C, H/p, W/p)."""
+        m = self.model
+        tokens = features[:, m.num_prefix_tokens :]
+        h, w = m.patch_embed.grid_size
+        if tokens.shape[1] != h * w:  # another image size (dynamic_img_size): square grids only
+            h = w = round(tokens.shape[1] ** 0.5)
+            if h * w != tokens.shape[1]:
+                raise ValueError(
+                    f"{tokens.shape[1]} patch tokens of {self.name} form no square grid; use square images"
+                )
+        return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1]).permute(0, 3, 1, 2)
+
     def finish_modules(self) -> list[nn.Module]:
         m = self.model
         heads = [m.norm, m.fc_norm, m.head, getattr(m, "attn_pool", None), getattr(m, "head_dist", None)]

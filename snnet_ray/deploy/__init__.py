@@ -5,6 +5,7 @@ from snnet_ray._lazy import lazy_exports
 __all__, __getattr__ = lazy_exports(
     __name__,
     {
+        "RouteNetwork": ".network",
         "StitchedNetwork": ".network",
         "extract_config": ".network",
         "prune_anchor": ".network",

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from snnet_ray.anchors.factory import AnchorSpec, create_anchors
-from snnet_ray.deploy.network import StitchedNetwork, extract_config, prune_anchor
+from snnet_ray.deploy.network import RouteNetwork, StitchedNetwork, extract_config, prune_anchor, route_pieces
 from snnet_ray.stitching.cost import path_pieces
 from snnet_ray.stitching.layers import make_stitching_layer
 from snnet_ray.stitching.snnet import SNNet
@@ -159,7 +159,7 @@ def export_config(
     return summary
 
 
-def load_exported(out_dir: str | Path, device: torch.device | str = "cpu") -> StitchedNetwork:
+def load_exported(out_dir: str | Path, device: torch.device | str = "cpu") -> StitchedNetwork | RouteNetwork:
     """Rebuild an exported config from config.json and model.safetensors (in eval mode).
 
     Only the anchors the path runs are built (from timm, without pretrained weights), pruned to the
@@ -177,6 +177,11 @@ def load_exported(out_dir: str | Path, device: torch.device | str = "cpu") -> St
     spec.pop("files", None)
     if spec.pop("format", None) != FORMAT_VERSION or "anchors" not in spec:
         raise ValueError(f"{config_path} is not a snnet-ray export config ({FORMAT_VERSION}): re-export the model")
+    # a multi-hop path (SN-Netv2 round trip, v1 Ti->S->B); one anchor may appear twice: built once per segment
+    if "route" in spec:
+        net = _load_route(spec)
+        net.load_state_dict(load_file(str(weights_path)))
+        return net.to(device).eval()
     anchors = create_anchors([AnchorSpec(name, dict(kw)) for name, kw in spec["anchors"]], "cpu",
                              **spec["timm_kwargs"])
     if len(anchors) == 1:
@@ -196,6 +201,22 @@ def load_exported(out_dir: str | Path, device: torch.device | str = "cpu") -> St
         del front, back
     net.load_state_dict(load_file(str(weights_path)))
     return net.to(device).eval()
+
+
+def _load_route(spec: dict[str, Any]) -> RouteNetwork:
+    """An empty `RouteNetwork` shaped as config.json describes (weights loaded by the caller)."""
+    route, layers = spec["route"], spec["stitch_layers"]
+    if not (len(spec["anchors"]) == len(route) == len(layers) + 1 >= 2):
+        raise ValueError("config.json's route, anchors and stitch_layers disagree: re-export the model")
+    segments = []
+    for i, ((name, kw), (start, stop)) in enumerate(zip(spec["anchors"], route)):
+        (anchor,) = create_anchors([AnchorSpec(name, dict(kw))], "cpu", **spec["timm_kwargs"])
+        segments.append(prune_anchor(anchor, route_pieces(anchor, i, len(route), int(start), int(stop))))
+    stitches = [
+        make_stitching_layer(x["layout"], int(x["in_width"]), int(x["out_width"]), x.get("out_layout")) for x in layers
+    ]
+    bounds = [(int(a), int(b)) for a, b in route]
+    return RouteNetwork(segments, stitches, bounds, spec=spec, final_norm=bool(spec.get("final_norm", True)))
 
 
 def _check_formats(formats: Sequence[str] | None, example_batch: int, dynamic_batch: bool) -> tuple[str, ...]:

@@ -9,6 +9,10 @@ back anchor's blocks l.., later stages, final norm and head; for an anchor confi
 parameter count equals `SNNet.cost(cfg_id).params`). Modules off the path become parameter-free
 `nn.Identity` placeholders and parameters off the path become None, so block indices and timm's
 state-dict key names stay the anchors' own, and the anchors' own adapter code runs the path.
+
+SN-Netv2's LoRA stitching layers are folded into plain linear layers on extraction, and its
+round trips (S -> L -> S, L -> S -> L), like v1's official two-hop Ti -> S -> B paths, become a
+`RouteNetwork` of pruned anchor segments.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from torch import nn
 
 from snnet_ray.anchors.base import AnchorAdapter
 from snnet_ray.stitching.cost import path_pieces
+from snnet_ray.stitching.layers import fold_stitching_layer
 from snnet_ray.stitching.snnet import SNNet
 from snnet_ray.stitching.space import StitchConfig
+from snnet_ray.stitching.space_v2 import route_segments
 
-__all__ = ["StitchedNetwork", "extract_config", "prune_anchor"]
+__all__ = ["RouteNetwork", "StitchedNetwork", "extract_config", "prune_anchor", "route_pieces"]
 
 
 class StitchedNetwork(nn.Module):
@@ -85,24 +91,85 @@ class StitchedNetwork(nn.Module):
         return f"config={self.spec.get('config_id')} ({self.spec.get('path', '')})"
 
 
-def extract_config(model: SNNet, cfg_id: int) -> StitchedNetwork:
+class RouteNetwork(nn.Module):
+    """A single multi-hop config (SN-Netv2 round trip, official v1 Ti->S->B): anchor segments
+    joined by stitching layers, nothing else.
+
+    `segments[i]` is a pruned copy of the anchor that runs blocks `bounds[i]` = (start, stop) of
+    its single stage; the first also runs the embedding, the last the final norm (unless
+    `final_norm=False`, official v1 DeiT) and head, and `stitches[i]` joins segment i to segment
+    i + 1. `forward(x)` equals `SNNet.forward_config`.
+    """
+
+    def __init__(
+        self,
+        segments: list[AnchorAdapter],
+        stitches: list[nn.Module],
+        bounds: list[tuple[int, int]],
+        spec: dict[str, Any] | None = None,
+        final_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.final_norm = final_norm
+        if not (len(segments) == len(bounds) == len(stitches) + 1 >= 2):
+            raise ValueError("a route needs n >= 2 segments, n bounds and n - 1 stitching layers")
+        self.segments, self.stitches = nn.ModuleList(segments), nn.ModuleList(stitches)
+        self.bounds = [tuple(b) for b in bounds]
+        self.spec: dict[str, Any] = dict(spec or {})
+
+    is_anchor = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.segments[0].forward_until(x, 0, self.bounds[0][1] - 1)
+        for stitch, segment, (start, stop) in zip(self.stitches, self.segments[1:], self.bounds[1:]):
+            h = segment.run_stage(0, stitch(h), start, stop)
+        return self.segments[-1].finish(h, self.final_norm)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def route_pieces(adapter: AnchorAdapter, index: int, count: int, start: int, stop: int) -> set[str]:
+    """Pieces segment `index` of `count` runs: its blocks, plus the embedding first and `finish` last."""
+    keys = {f"block.0.{i}" for i in range(start, stop)}
+    if index == 0:
+        keys |= {"embed", "enter.0"}
+    if index == count - 1:
+        keys.add("finish")
+    return keys
+
+
+def extract_config(model: SNNet, cfg_id: int) -> StitchedNetwork | RouteNetwork:
     """Copy config `cfg_id` of `model` out as a `StitchedNetwork` (the SNNet can be freed after)."""
     if not 0 <= cfg_id < len(model.configs):
         raise ValueError(f"config id {cfg_id} out of range; this SN-Net has configs 0..{len(model.configs) - 1}")
     cfg = model.configs[cfg_id]
-    if cfg.num_hops > 1:
+    if cfg.num_hops > 1 and any(len(model.anchors[a].stage_depths) != 1 for a in cfg.anchors):
         raise ValueError(
-            f"config {cfg_id} ({cfg.name}) runs {cfg.num_hops} stitches; export takes anchors and one-stitch configs"
+            f"config {cfg_id} ({cfg.name}) runs {cfg.num_hops} stitches over multi-stage anchors; export takes "
+            "multi-hop paths of single-stage (plain ViT) anchors only"
         )
     spec = _network_spec(model, cfg)
     if cfg.is_anchor:
         net = StitchedNetwork(copy.deepcopy(model.anchors[cfg.anchors[0]]), spec=spec)
+    elif cfg.num_hops > 1:  # official v1 Ti->S->B, SN-Netv2 round trips
+        segments = route_segments(cfg, [a.stage_depths[0] for a in model.anchors])
+        net = RouteNetwork(
+            [
+                prune_anchor(model.anchors[a], route_pieces(model.anchors[a], i, len(segments), start, stop))
+                for i, (a, start, stop) in enumerate(segments)
+            ],
+            [fold_stitching_layer(model.stitch_layers[i]) for i in cfg.layers],
+            [(start, stop) for _, start, stop in segments],
+            spec=spec,
+            final_norm=model.stitch_final_norm(cfg),
+        )
     else:
         (front, back), (j, l) = cfg.anchors, cfg.positions[0]
         front_adapter, back_adapter = model.anchors[front], model.anchors[back]
         net = StitchedNetwork(
             prune_anchor(front_adapter, set(path_pieces(front_adapter, cfg.stage, j, "front"))),
-            copy.deepcopy(model.stitch_layers[cfg.layer]),
+            fold_stitching_layer(model.stitch_layers[cfg.layer]),
             prune_anchor(back_adapter, set(path_pieces(back_adapter, cfg.stage, l, "back"))),
             stage=cfg.stage,
             position=(j, l),
@@ -148,7 +215,7 @@ def prune_anchor(adapter: AnchorAdapter, keep: set[str]) -> AnchorAdapter:
 
 def _network_spec(model: SNNet, cfg: StitchConfig) -> dict[str, Any]:
     """What config.json says of an extracted config: identity, cost, data config and how to rebuild it."""
-    cost = model.cost(cfg.id)
+    cost = model.cost(cfg.id, folded=True)  # LoRA stitching layers are exported folded
     data = model.data_config
     anchors = [model.anchors[a] for a in cfg.anchors]
     spec: dict[str, Any] = {
@@ -173,14 +240,22 @@ def _network_spec(model: SNNet, cfg: StitchConfig) -> dict[str, Any]:
         "num_stages": anchors[0].num_stages,
     }
     if not cfg.is_anchor:
-        layer = model.layer_specs[cfg.layer]
-        spec["stitch_layer"] = {
-            "index": layer.index,
-            "layout": model.anchors[layer.front].layout,
-            "out_layout": model.anchors[layer.back].layout,
-            "in_width": layer.in_width,
-            "out_width": layer.out_width,
-        }
+        layers = [
+            {
+                "index": s.index,
+                "layout": model.anchors[s.front].layout,
+                "out_layout": model.anchors[s.back].layout,
+                "in_width": s.in_width,
+                "out_width": s.out_width,
+            }
+            for s in (model.layer_specs[i] for i in cfg.layers)
+        ]
+        spec["stitch_layer"] = layers[0]
+        if cfg.num_hops > 1:  # a multi-hop path: its segments, switches and every stitching layer
+            depths = [a.stage_depths[cfg.stage] for a in model.anchors]
+            spec["route"] = [[start, stop] for _, start, stop in route_segments(cfg, depths)]
+            spec["positions"] = [list(p) for p in cfg.positions]
+            spec["stitch_layers"] = layers
     if model.build_spec is not None:
         build = model.build_spec
         spec["anchors"] = [list(build["anchors"][a]) for a in cfg.anchors]
@@ -190,6 +265,8 @@ def _network_spec(model: SNNet, cfg: StitchConfig) -> dict[str, Any]:
             "kernel_size": build["kernel_size"],
             "stride": build["stride"],
             "nearest": build["nearest"],
+            "rule": build.get("rule", "paper"),
+            "lora_r": build.get("lora_r", 0),
             "configs": len(model.configs),
         }
     return spec

@@ -127,13 +127,16 @@ def evaluate_batch_tensor(
     # cut points each front anchor keeps: (stage, block)
     cuts: dict[int, set[tuple[int, int]]] = defaultdict(set)
     into: dict[int, list[_Stream]] = defaultdict(list)  # back anchor -> stitch streams
-    hops: list[int] = []  # multi-hop configs (official nearest=False): they share only the front prefix
+    # Configs run after the walks by `model.forward_stitched`, sharing only the front prefix:
+    # multi-hop paths (official nearest=False Ti->S->B, SN-Netv2's LSL/SLS round trips) and
+    # large -> small stitches (SN-Netv2's LS), whose back anchor is walked before its front.
+    hops: list[int] = []
     for cfg_id in ids:
         cfg = model.configs[cfg_id]
         if not cfg.is_anchor:
             front, (j, l) = cfg.anchors[0], cfg.positions[0]
             cuts[front].add((cfg.stage, j))
-            if cfg.num_hops > 1:
+            if cfg.num_hops > 1 or front > cfg.anchors[-1]:
                 hops.append(cfg_id)
             else:
                 into[cfg.anchors[-1]].append(_Stream(cfg_id, (cfg.stage, l), (front, cfg.stage, j), cfg.layer))

@@ -41,6 +41,10 @@ class PublishedConfig:
     params: int | None = None
     layer_key: str | None = None
     final_norm: bool | None = None
+    variant: str = ""
+    """Route kind of a multi-direction space (SN-Netv2: SL, LS, LSL, SLS); empty otherwise."""
+    official_id: int | None = None
+    """The config's id in the official code where it differs from `id` (SN-Netv2)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ def parse_published(data: Any, where: str = "published results") -> PublishedRes
                 params=None if c.get("params") is None else int(c["params"]),
                 layer_key=c.get("layer_key"),
                 final_norm=c.get("final_norm"),
+                variant=str(c.get("variant") or ""),
+                official_id=None if c.get("official_id") is None else int(c["official_id"]),
             )
         )
     return PublishedResults(

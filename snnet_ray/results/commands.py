@@ -5,7 +5,7 @@
     snnet-ray results show    --run R [--checkpoint C] [--sort gmacs|top1|id] [--json]
     snnet-ray results pareto  --run R [--by gmacs|latency --device D] [--png FILE] [--json]
     snnet-ray results compare --run A --against B [--json]
-    snnet-ray results compare --run A --published deit|swin|resnet|resnet_swin [--json]
+    snnet-ray results compare --run A --published deit|swin|resnet|resnet_swin|snnetv2_deit3_s_l [--json]
     snnet-ray results export  --run R --out FILE.parquet|FILE.csv
 
 Reading commands take `--db URL` (a database, opened directly) or `--url URL` (a running service);
@@ -60,7 +60,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--published",
         default=None,
-        help="put --run beside a release's published results (deit, swin, resnet, resnet_swin)",
+        help="put --run beside a release's published results (deit, swin, resnet, resnet_swin, snnetv2_deit3_s_l)",
     )
     p.add_argument("--checkpoint", default=None, help="checkpoint of --run (default latest)")
     p.add_argument("--against-checkpoint", default=None, help="checkpoint of --against (default latest)")

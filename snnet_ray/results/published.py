@@ -63,7 +63,8 @@ def compare_published(table: ResultsTable, name: str) -> Comparison:
         if row.config_id in names and row.name and row.name != names[row.config_id]:
             raise ValueError(
                 f"run {table.run!r} does not have the published {name} layout: config {row.config_id} is "
-                f"'{row.name}' there and '{names[row.config_id]}' published; train with model.rule=paper "
-                "on the release's anchors to compare config by config"
+                f"'{row.name}' there and '{names[row.config_id]}' published; train with "
+                f"model.rule={load_published(name).space.get('rule', 'paper')} on the release's anchors to "
+                "compare config by config"
             )
     return compare_tables(published, table)

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from snnet_ray.stitching.space import list_rules
+
 __all__ = ["register"]
 
 
@@ -26,9 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rule",
         default="paper",
-        help="stitch-space rule: paper (the official SN-Net spaces, default), dense (every window), or any registered",
+        choices=list_rules(),
+        help="stitch-space rule: paper (the official SN-Net spaces, default), dense (every window), "
+        "snnetv2 (SN-Netv2: two-way stitching and round trips), or any registered",
     )
     p.add_argument("--final-norm", default="always", choices=["always", "v1"], help="final norm on stitched paths")
+    p.add_argument("--lora-r", type=int, default=0, help="rank of SN-Netv2's LoRA stitching layers (0: plain)")
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the anchors')")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the anchors')")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
@@ -61,6 +66,7 @@ def _stitches(args: argparse.Namespace) -> int:
         nearest=not args.all_pairs,
         rule=args.rule,
         final_norm=args.final_norm,
+        lora_r=args.lora_r,
         device="meta",
         **timm_kwargs,
     )
@@ -77,6 +83,7 @@ def _stitches(args: argparse.Namespace) -> int:
             "nearest": model.nearest,
             "rule": model.rule,
             "final_norm": model.final_norm,
+            "lora_r": model.lora_r,
             "num_configs": len(rows),
             "num_stitch_layers": len(model.stitch_layers),
             "configs": rows,
@@ -84,9 +91,10 @@ def _stitches(args: argparse.Namespace) -> int:
         json.dump(summary, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
-    print(f"{'id':>4}  {'name':<14} {'GMACs':>7} {'Mparams':>8}  path")
+    width = max(14, *(len(r["name"]) for r in rows))  # round-trip names are longer
+    print(f"{'id':>4}  {'name':<{width}} {'GMACs':>7} {'Mparams':>8}  path")
     for r in rows:
-        print(f"{r['id']:>4}  {r['name']:<14} {r['gmacs']:>7.2f} {r['params'] / 1e6:>8.2f}  {r['path']}")
+        print(f"{r['id']:>4}  {r['name']:<{width}} {r['gmacs']:>7.2f} {r['params'] / 1e6:>8.2f}  {r['path']}")
     gmacs = [r["gmacs"] for r in rows]
     print(
         f"\n{len(rows)} configs ({len(model.anchors)} anchors + {len(rows) - len(model.anchors)} stitches), "

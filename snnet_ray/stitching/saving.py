@@ -67,6 +67,9 @@ def load_snnet(directory: str | Path, device: torch.device | str = "cpu") -> SNN
         final_norm=spec.get("final_norm", "always"),
         rule_options=spec.get("rule_options") or None,
         device=device,
+        # SN-Netv2's LoRA fields; older saves predate them and hold plain stitching layers.
+        lora_r=int(spec.get("lora_r", 0)),
+        lora_alpha=float(spec.get("lora_alpha", 1.0)),
         **spec["timm_kwargs"],
     )
     if str(device) != "meta":  # on meta only the structure (configs, costs) is wanted

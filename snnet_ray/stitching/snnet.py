@@ -9,6 +9,11 @@
     model.cost(40)         # ConfigCost(gmacs=..., params=...)
     model.compile_blocks() # regional torch.compile: every block once, no recompile per config
 
+    model.forward_features(x, 40)  # timm's convention, per config: the backbone's features
+
+`rule="snnetv2"` builds SN-Netv2's space instead (two-way stitching and round trips, see
+`space_v2`), and `lora_r > 0` gives its low-rank stitching layers.
+
 The module is single-device and knows nothing of Ray or DeepSpeed; the train package wraps it.
 Anchors are kept in size order (MACs); anchors given out of order are sorted and the new order
 is logged, because config ids and pairs (Ti->S, S->B) are defined over that order.
@@ -26,7 +31,7 @@ from torch import nn
 from snnet_ray.anchors import AnchorAdapter, create_anchors, resolve_anchor_specs
 from snnet_ray.anchors.factory import AnchorLike, PretrainedArg, check_families
 from snnet_ray.stitching.cost import AnchorProfile, ConfigCost, path_pieces, profile_anchor, profile_layer
-from snnet_ray.stitching.layers import make_stitching_layer
+from snnet_ray.stitching.layers import LoRAStitch, make_stitching_layer
 from snnet_ray.stitching.space import DEFAULT_RULE, AnchorLayout, StitchConfig, StitchLayerSpec, build_stitch_space
 
 __all__ = ["FINAL_NORM_MODES", "SNNet"]
@@ -47,11 +52,14 @@ class SNNet(nn.Module):
         stride: window stride.
         nearest: pair neighbours in size order only (Ti->S, S->B), else every small->large pair
             (with rule='paper' on single-stage anchors also the official Ti->S->B two-hop configs).
-        rule: the stitch-space rule ('paper': the official code's spaces, 'dense': every window; see
+        rule: the stitch-space rule ('paper': the official code's spaces, 'dense': every window,
+            'snnetv2': SN-Netv2's two-way stitching and round trips; see
             `snnet_ray.stitching.space.list_rules()`).
         final_norm: 'always' (every path runs the back anchor's final norm) or 'v1' (official v1:
             DeiT stitched paths skip it; needed to reproduce official v1 checkpoints).
         rule_options: rule-specific options, passed to the rule untouched.
+        lora_r: rank of SN-Netv2's LoRA stitching layers; 0 for plain (fully trained) layers.
+        lora_alpha: LoRA scale numerator (update = lora_alpha / lora_r x B A).
     """
 
     def __init__(
@@ -63,6 +71,8 @@ class SNNet(nn.Module):
         rule: str = DEFAULT_RULE,
         final_norm: str = "always",
         rule_options: Mapping[str, Any] | None = None,
+        lora_r: int = 0,
+        lora_alpha: float = 1.0,
     ) -> None:
         super().__init__()
         if final_norm not in FINAL_NORM_MODES:
@@ -88,6 +98,7 @@ class SNNet(nn.Module):
         self.kernel_size, self.stride, self.nearest = kernel_size, stride, nearest
         self.rule, self.final_norm = rule, final_norm
         self.rule_options = dict(rule_options or {})
+        self.lora_r, self.lora_alpha = int(lora_r), float(lora_alpha)
         self.input_size = input_size
         space = build_stitch_space(
             [
@@ -113,15 +124,14 @@ class SNNet(nn.Module):
         device = next(anchors[0].parameters()).device
         with torch.device(device):
             self.stitch_layers = nn.ModuleList(
-                make_stitching_layer(anchors[s.front].layout, s.in_width, s.out_width, anchors[s.back].layout)
+                make_stitching_layer(
+                    anchors[s.front].layout, s.in_width, s.out_width, anchors[s.back].layout, lora_r, lora_alpha
+                )
                 for s in space.layers
             )
-        self._layer_costs = [
-            profile_layer(
-                layer, _with_channels(self._profiles[s.front].stage_shapes[s.stage], s.in_width, anchors[s.front])
-            )
-            for layer, s in zip(self.stitch_layers, space.layers)
-        ]
+        self._layer_costs = self._profile_layers()
+        # What each layer costs once folded (LoRA merged into a plain layer): export and serving.
+        self._folded_layer_costs = self._profile_layers(folded=True) if lora_r else self._layer_costs
         self._selected = 0
         self.build_spec: dict[str, Any] | None = None
         """How `from_timm` built this model (anchors in size order, kwargs): enough to rebuild it."""
@@ -139,6 +149,8 @@ class SNNet(nn.Module):
         rule: str = DEFAULT_RULE,
         final_norm: str = "always",
         rule_options: Mapping[str, Any] | None = None,
+        lora_r: int = 0,
+        lora_alpha: float = 1.0,
         **timm_kwargs: Any,
     ) -> SNNet:
         """Build an SN-Net from timm model names.
@@ -148,13 +160,16 @@ class SNNet(nn.Module):
             pretrained: False, True (timm's default source), or weight files: a list with one path
                 per anchor or a mapping from anchor name to path (safetensors or torch files).
             device: where to build; 'meta' builds instantly without weights (listing, costs).
+            rule, lora_r, lora_alpha: the stitch space and stitching layers (see `SNNet`).
             timm_kwargs: applied to every anchor, e.g. `img_size=32, num_classes=10`.
 
         Every check (names, family, weight files, window size) runs on the meta device before
         any real model is built or any weight file is read.
         """
         specs = resolve_anchor_specs(anchors, pretrained)
-        space_kwargs = dict(rule=rule, final_norm=final_norm, rule_options=rule_options)
+        space_kwargs = dict(
+            rule=rule, final_norm=final_norm, rule_options=rule_options, lora_r=lora_r, lora_alpha=lora_alpha
+        )
         meta = cls(create_anchors(specs, "meta", **timm_kwargs), kernel_size, stride, nearest, **space_kwargs)
         sorted_specs = [specs[i] for i in meta.anchor_order]
         build_spec = {
@@ -165,6 +180,8 @@ class SNNet(nn.Module):
             "rule": rule,
             "final_norm": final_norm,
             "rule_options": dict(rule_options or {}),
+            "lora_r": lora_r,
+            "lora_alpha": lora_alpha,
             "timm_kwargs": dict(timm_kwargs),
         }
         if str(device) == "meta":
@@ -204,14 +221,21 @@ class SNNet(nn.Module):
         h = self.anchors[cfg.anchors[0]].forward_until(x, cfg.stage, cfg.positions[0][0])
         return self.forward_stitched(h, cfg)
 
-    def forward_stitched(self, h: torch.Tensor, cfg: StitchConfig) -> torch.Tensor:
-        """A stitched config from the front anchor's output after its first cut to the logits."""
+    def forward_stitched(self, h: torch.Tensor, cfg: StitchConfig, finish: bool = True) -> torch.Tensor:
+        """A stitched config from the front anchor's output after its first cut to the logits
+        (`finish=False`: to the back anchor's last stage output, before final norm and head).
+
+        The one forward path of every stitched config: v1 one-hop, the official two-hop Ti->S->B
+        and SN-Netv2's routes (SL, LS, LSL, SLS) are all paths a_0 -> ... -> a_k.
+        """
         for hop in range(1, cfg.num_hops):  # middle anchors of a multi-hop path
             h = self.stitch_layers[cfg.layers[hop - 1]](h)
             start, stop = cfg.positions[hop - 1][1], cfg.positions[hop][0] + 1
             h = self.anchors[cfg.anchors[hop]].run_stage(cfg.stage, h, start, stop)
         h = self.stitch_layers[cfg.layers[-1]](h)
         back = self.anchors[cfg.anchors[-1]]
+        if not finish:
+            return back.run_from(h, cfg.stage, cfg.positions[-1][1])
         return back.forward_from(h, cfg.stage, cfg.positions[-1][1], norm=self.stitch_final_norm(cfg))
 
     def stitch_final_norm(self, cfg: StitchConfig) -> bool:
@@ -259,6 +283,31 @@ class SNNet(nn.Module):
                 blk._snnet_compiled = True
         return len(blocks)
 
+    # -- the SN-Net as a backbone (timm's forward_features, per config) ------------------------------
+    def forward_features(self, x: torch.Tensor, cfg_id: int | None = None) -> torch.Tensor:
+        """Features of config `cfg_id` (default: the selected one) before pooling and head.
+
+        timm's convention, of the anchor the path ends in: ViT (B, N, C) tokens after the final norm,
+        Swin (B, H, W, C) after the final norm, ResNet (B, C, H, W). Their width is
+        `feature_width(cfg_id)`; `forward_feature_map` gives (B, C, H, W) for dense heads.
+        """
+        cfg = self.configs[self._selected if cfg_id is None else cfg_id]
+        last = self.anchors[cfg.anchors[-1]]
+        if cfg.is_anchor:
+            return last.features(last.run_trunk(x))
+        h = self.anchors[cfg.anchors[0]].forward_until(x, cfg.stage, cfg.positions[0][0])
+        return last.features(self.forward_stitched(h, cfg, finish=False))
+
+    def forward_feature_map(self, x: torch.Tensor, cfg_id: int | None = None) -> torch.Tensor:
+        """`forward_features` as a dense (B, C, H, W) map (ViT: patch tokens on the patch grid)."""
+        cfg = self.configs[self._selected if cfg_id is None else cfg_id]
+        return self.anchors[cfg.anchors[-1]].feature_map(self.forward_features(x, cfg.id))
+
+    def feature_width(self, cfg_id: int | None = None) -> int:
+        """Channels of config `cfg_id`'s features: the last stage width of the anchor it ends in."""
+        cfg = self.configs[self._selected if cfg_id is None else cfg_id]
+        return self.anchors[cfg.anchors[-1]].stage_widths[-1]
+
     # -- description and cost ---------------------------------------------------------------------
     @property
     def anchor_names(self) -> list[str]:
@@ -286,8 +335,26 @@ class SNNet(nn.Module):
         """The path of a config, e.g. 'deit_tiny[0..3] -> L2 -> deit_small[4..11]'."""
         return self.configs[cfg_id].describe(self.anchor_names, [a.stage_depths for a in self.anchors])
 
-    def cost(self, cfg_id: int) -> ConfigCost:
-        """GMACs (one image at the anchors' input size) and parameters of the path of `cfg_id`."""
+    def _profile_layers(self, folded: bool = False) -> list[tuple[int, int]]:
+        """(MACs, params) of every stitching layer, as built or (`folded`) as plain layers."""
+        out = []
+        for layer, s in zip(self.stitch_layers, self.layer_specs):
+            if folded:
+                with torch.device("meta"):
+                    layer = make_stitching_layer(
+                        self.anchors[s.front].layout, s.in_width, s.out_width, self.anchors[s.back].layout
+                    )
+            shape = _with_channels(self._profiles[s.front].stage_shapes[s.stage], s.in_width, self.anchors[s.front])
+            out.append(profile_layer(layer, shape))
+        return out
+
+    def cost(self, cfg_id: int, folded: bool = False) -> ConfigCost:
+        """GMACs (one image at the anchors' input size) and parameters of the path of `cfg_id`.
+
+        LoRA stitching layers count with their low-rank branch (as trained), or with `folded`
+        as the plain layers `export` and `fold_lora` make of them.
+        """
+        layer_costs = self._folded_layer_costs if folded else self._layer_costs
         cfg = self.configs[cfg_id]
         if cfg.is_anchor:
             p = self._profiles[cfg.anchors[0]]
@@ -297,8 +364,8 @@ class SNNet(nn.Module):
             macs += sum(self._profiles[a].macs[k] for k in keys)
             params += sum(self._profiles[a].params[k] for k in keys)
         for layer in cfg.layers:
-            macs += self._layer_costs[layer][0]
-            params += self._layer_costs[layer][1]
+            macs += layer_costs[layer][0]
+            params += layer_costs[layer][1]
         return ConfigCost(gmacs=macs / 1e9, params=params)
 
     def _path_pieces(self, cfg: StitchConfig) -> list[tuple[int, list[str]]]:
@@ -313,7 +380,7 @@ class SNNet(nn.Module):
         return out
 
     def config_modules(self, cfg_id: int) -> list[nn.Module]:
-        """The blocks and stitching layer a config runs (for hooks and tests)."""
+        """The blocks and stitching layer(s) a config runs (for hooks and tests)."""
         cfg = self.configs[cfg_id]
         if cfg.is_anchor:
             return [blk for _, _, blk in self.anchors[cfg.anchors[0]].blocks()]
@@ -332,11 +399,29 @@ class SNNet(nn.Module):
     def stitch_parameters(self) -> Iterator[nn.Parameter]:
         return self.stitch_layers.parameters()
 
+    def fold_lora(self) -> int:
+        """Fold every LoRA stitching layer into a plain one in place (serving); returns how many.
+
+        Outputs are unchanged; costs drop to the plain layers' and the build spec says lora_r=0,
+        so a model saved afterwards reloads as folded.
+        """
+        folded = 0
+        for i, layer in enumerate(self.stitch_layers):
+            if isinstance(layer, LoRAStitch):
+                self.stitch_layers[i] = layer.fold()
+                folded += 1
+        if folded:
+            self._layer_costs = self._folded_layer_costs
+            self.lora_r = 0
+            if self.build_spec is not None:
+                self.build_spec["lora_r"] = 0
+        return folded
+
     def extra_repr(self) -> str:
         return (
             f"family={self.family}, anchors={self.anchor_names}, configs={len(self.configs)}, "
             f"stitch_layers={len(self.stitch_layers)}, rule={self.rule}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, nearest={self.nearest}, final_norm={self.final_norm}"
+            f"stride={self.stride}, nearest={self.nearest}, final_norm={self.final_norm}, lora_r={self.lora_r}"
         )
 
 

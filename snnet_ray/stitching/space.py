@@ -30,6 +30,8 @@ Built-in rules:
   and with `nearest=False` the official two-hop Ti->S->B configs (DeiT: 732).
 - `dense`: the sliding-window rule applied to every stitched stage, backward jumps included,
   unequal depths mapped by relative depth (space_dense.py): Swin-Ti/S/B 87 over the same GMACs.
+- `snnetv2`: SN-Netv2's two-way stitching and round trips over plain ViTs (space_v2.py): every
+  block boundary, SL/LS one-way and LSL/SLS two-hop routes (`variant`); DeiT3-S/L 134 configs.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class StitchConfig:
     `positions[h]` is (j, l) of hop h in the anchors' own block indices of `stage`: anchor
     `anchors[h]` runs up to and including block j, `anchors[h + 1]` starts at block l, joined by
     stitching layer `layers[h]`. `layer` is the first hop's layer (all that one-hop code needs).
-    Anchors have no positions.
+    Anchors have no positions. `variant` names the route kind where a rule has several (SN-Netv2:
+    SL, LS, LSL, SLS); empty otherwise.
     """
 
     id: int
@@ -78,6 +81,7 @@ class StitchConfig:
     positions: tuple[Position, ...] = ()
     layer: int | None = None
     layers: tuple[int, ...] = ()
+    variant: str = ""
 
     def __post_init__(self) -> None:
         # Either field may be given: one-hop callers pass `layer`, multi-hop ones `layers`.
@@ -122,6 +126,7 @@ class StitchConfig:
             "positions": [list(p) for p in self.positions],
             "layer": self.layer,
             "layers": list(self.layers),
+            **({"variant": self.variant} if self.variant else {}),
         }
 
 
@@ -280,7 +285,12 @@ class SpaceBuilder:
         return spec.index
 
     def add_config(
-        self, anchors: Sequence[int], stage: int, positions: Sequence[Position], layers: Sequence[int]
+        self,
+        anchors: Sequence[int],
+        stage: int,
+        positions: Sequence[Position],
+        layers: Sequence[int],
+        variant: str = "",
     ) -> int:
         """A new stitched config (one hop per position); returns its id."""
         if len(positions) != len(anchors) - 1 or len(layers) != len(positions):
@@ -295,6 +305,7 @@ class SpaceBuilder:
             stage=stage,
             positions=tuple(tuple(p) for p in positions),
             layers=tuple(layers),
+            variant=variant,
         )
         self.configs.append(cfg)
         return cfg.id

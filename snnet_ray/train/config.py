@@ -66,9 +66,14 @@ class ModelConfig:
     stride: int = 1
     nearest: bool = True
     rule: str = "paper"
-    """Stitch-space rule: 'paper' (the official SN-Net spaces) or 'dense' (every window, every stage)."""
+    """Stitch-space rule: 'paper' (the official SN-Net spaces), 'dense' (every window, every stage) or
+    'snnetv2' (SN-Netv2: two-way stitching and round trips)."""
     final_norm: str = "always"
     """'always' (every path runs the back anchor's final norm) or 'v1' (official v1 DeiT: stitches skip it)."""
+    lora_r: int = 0
+    """Rank of SN-Netv2's LoRA stitching layers (official configs: 64); 0 trains plain layers."""
+    lora_alpha: float = 1.0
+    """LoRA scale numerator: the update is lora_alpha / lora_r x B A (official: 1)."""
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     """Applied to every anchor, e.g. num_classes, img_size, drop_path_rate."""
     ls_init_images: int = 100
@@ -81,6 +86,8 @@ class ModelConfig:
         if len(self.anchors) < 2:
             raise ValueError(f"model.anchors needs at least two timm models of one family, got {self.anchors}")
         self.anchors = [a if isinstance(a, str) else (a[0], dict(a[1])) for a in self.anchors]
+        if self.lora_r < 0:
+            raise ValueError(f"model.lora_r must be >= 0 (0: plain stitching layers), got {self.lora_r}")
         if self.ls_init_images < 0:
             raise ValueError(f"model.ls_init_images must be >= 0, got {self.ls_init_images}")
         if self.final_norm not in ("always", "v1"):

@@ -4,14 +4,16 @@ The paper trains with AdamW and a cosine schedule with linear warm-up (DeiT reci
 global_batch / 512, min lr 1e-6, weight decay 0.05). The Swin recipe trains the anchors' parameters
 at 0.1x the base lr and the stitching layers at 1x, so parameters fall into groups:
 
-    anchors.*        anchor_lr_scale x lr
-    stitch_layers.*  stitch_lr_scale x lr
-    anything else    1x lr
+    anchors.*                 anchor_lr_scale x lr
+    stitch_layers.*           stitch_lr_scale x lr
+    stitch_layers.*.lora_*    lora_lr_scale x lr   (SN-Netv2's low-rank stitching updates)
+    anything else             1x lr
 
 and each group splits into decay / no-decay: no weight decay on norms, biases and other 1-D
 parameters, position embeddings and tokens (timm's convention, `model.no_weight_decay()`).
 
     optimizer = build_optimizer(snnet, OptimConfig(lr=1e-3, anchor_lr_scale=0.1))
+    optimizer = build_optimizer(snnet, OptimConfig(name="lamb", lr=3e-5))   # SN-Netv2's recipe
     scheduler = build_scheduler(optimizer, OptimConfig(...), total_steps=10_000, warmup_steps=500)
 
 The schedule is a per-optimizer-step `LambdaLR` (DeepSpeed steps it after each optimizer step
@@ -30,6 +32,8 @@ from torch import nn
 
 __all__ = ["OptimConfig", "build_optimizer", "build_scheduler", "cosine_factor", "param_groups"]
 
+OPTIMIZERS = ("adamw", "lamb")
+
 # timm's names for parameters that take no weight decay (VisionTransformer/Swin `no_weight_decay`).
 NO_DECAY_NAMES = frozenset(
     {
@@ -46,8 +50,10 @@ NO_DECAY_NAMES = frozenset(
 
 @dataclass
 class OptimConfig:
-    """AdamW with per-part lr scales, and its cosine schedule with linear warm-up."""
+    """AdamW (or LAMB) with per-part lr scales, and its cosine schedule with linear warm-up."""
 
+    name: str = "adamw"
+    """'adamw' (SN-Net v1, DeiT) or 'lamb' (SN-Netv2's DeiT III recipe; timm's `Lamb`)."""
     lr: float = 5e-4
     """Base learning rate (the peak after warm-up)."""
     min_lr: float = 1e-6
@@ -59,12 +65,16 @@ class OptimConfig:
     """lr multiplier of the anchors' parameters (names starting with `anchors.`); Swin recipe: 0.1."""
     stitch_lr_scale: float = 1.0
     """lr multiplier of the stitching layers (names starting with `stitch_layers.`)."""
+    lora_lr_scale: float = 1.0
+    """lr multiplier of the LoRA factors of stitching layers (`stitch_layers.*.lora_a/lora_b`)."""
     warmup_lr: float = 1e-6
     """lr at the first warm-up step (scaled per group)."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML gives lists
-        for name in ("lr", "anchor_lr_scale", "stitch_lr_scale"):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
+        for name in ("lr", "anchor_lr_scale", "stitch_lr_scale", "lora_lr_scale"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")
         for name in ("min_lr", "weight_decay", "warmup_lr"):
@@ -75,12 +85,20 @@ class OptimConfig:
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """AdamW parameter groups: (anchors | stitch_layers | other) x (decay | no decay), empty ones dropped.
+    """Parameter groups: (anchors | stitch_layers | lora | other) x (decay | no decay), empty ones dropped.
+
+    Frozen parameters (`requires_grad=False`, e.g. a LoRA stitching layer's least-squares base)
+    are left out.
 
     Each group carries `name` and `lr_scale` for logging; `lr` is already scaled.
     """
     skip = _no_decay_names(model)
-    scales = {"anchors": cfg.anchor_lr_scale, "stitch_layers": cfg.stitch_lr_scale, "other": 1.0}
+    scales = {
+        "anchors": cfg.anchor_lr_scale,
+        "stitch_layers": cfg.stitch_lr_scale,
+        "lora": cfg.lora_lr_scale,
+        "other": 1.0,
+    }
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -88,6 +106,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
         part = name.split(".", 1)[0]
         part = part if part in ("anchors", "stitch_layers") else "other"
         leaf = name.rsplit(".", 1)[-1]
+        if part == "stitch_layers" and leaf.startswith("lora_"):
+            part = "lora"
         decay = not (p.ndim <= 1 or name.endswith(".bias") or leaf in NO_DECAY_NAMES or name in skip)
         groups.setdefault((part, decay), []).append(p)
     return [
@@ -102,10 +122,18 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over `param_groups(model, cfg)`, fused (one kernel per step, and the step count stays a
-    device tensor: torch's per-tensor AdamW reads it back with `.item()` every step)."""
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """`cfg.name`'s optimizer (AdamW or LAMB) over `param_groups(model, cfg)`.
+
+    AdamW is fused (one kernel per step, and the step count stays a device tensor: torch's
+    per-tensor AdamW reads it back with `.item()` every step).
+    """
+    groups = param_groups(model, cfg)
+    if cfg.name == "lamb":
+        from timm.optim import Lamb
+
+        return Lamb(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
 
 
 def build_scheduler(

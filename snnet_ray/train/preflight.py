@@ -90,7 +90,8 @@ def _model(report: Preflight) -> None:
     m = report.cfg.model
     report.model = SNNet.from_timm(
         m.anchors, kernel_size=m.kernel_size, stride=m.stride, nearest=m.nearest, rule=m.rule,
-        final_norm=m.final_norm, pretrained=_check_weights(m.pretrained), device="meta", **m.timm_kwargs,
+        final_norm=m.final_norm, lora_r=m.lora_r, lora_alpha=m.lora_alpha,
+        pretrained=_check_weights(m.pretrained), device="meta", **m.timm_kwargs,
     )  # fmt: skip
 
 

@@ -12,8 +12,11 @@ sampling makes a step cost ~1.45x the mean compute at 8 ranks and ~1.60x at 64 (
 Samplers (`list_samplers()`):
 
 - `uniform`: the paper; each rank draws independently and uniformly over all configs.
-- `flops_bucket`: SN-Netv2 (arXiv 2307.00154); choose a cost bucket (equal-width intervals of
-  the cost range) uniformly, then a config inside it; independent per rank.
+- `flops_bucket`: choose a cost bucket (equal-width intervals of the cost range) uniformly, then
+  a config inside it; independent per rank.
+- `resource_constrained`: SN-Netv2's own sampling (arXiv 2307.00154): configs sorted by GMACs are
+  grouped greedily, a group holding every config within `flops_gap` (1 GMAC officially) of its
+  cheapest; a group is drawn uniformly, then a config in it; independent per rank.
 - `balanced`: all ranks train configs of one cost bucket per step (configs sorted by cost,
   grouped so a bucket's costs lie within `max_spread` of each other), so a step waits at most
   `1 + max_spread` times its mean compute; a schedule of rounds gives every config exactly
@@ -36,8 +39,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = [
+    "OFFICIAL_FLOPS_GAP",
     "BalancedSampler",
     "FlopsBucketSampler",
+    "ResourceConstrainedSampler",
     "SamplerConfig",
     "StitchSampler",
     "SynchronizedSampler",
@@ -45,6 +50,7 @@ __all__ = [
     "all_reduce_counts",
     "build_sampler",
     "cost_buckets",
+    "flops_gap_groups",
     "is_synchronized",
     "list_samplers",
     "register_sampler",
@@ -98,6 +104,8 @@ class SamplerConfig:
     """balanced: a bucket's most expensive config costs at most (1 + max_spread) x its cheapest."""
     num_buckets: int = 10
     """flops_bucket: equal-width cost intervals."""
+    flops_gap: float = 1.0
+    """resource_constrained: a group holds the configs within this many GMACs of its cheapest."""
 
     def __post_init__(self) -> None:
         _sampler_class(self.name)
@@ -105,6 +113,8 @@ class SamplerConfig:
             raise ValueError(f"sampler.max_spread must be >= 0, got {self.max_spread}")
         if self.num_buckets < 1:
             raise ValueError(f"sampler.num_buckets must be >= 1, got {self.num_buckets}")
+        if not (math.isfinite(self.flops_gap) and self.flops_gap >= 0):
+            raise ValueError(f"sampler.flops_gap must be a finite number of GMACs >= 0, got {self.flops_gap}")
 
     def build(
         self, costs: Sequence[float] | Mapping[Hashable, float], world_size: int = 1, rank: int = 0
@@ -114,6 +124,8 @@ class SamplerConfig:
             kwargs["max_spread"] = self.max_spread
         elif self.name == "flops_bucket":
             kwargs["num_buckets"] = self.num_buckets
+        elif self.name == "resource_constrained":
+            kwargs["flops_gap"] = self.flops_gap
         return build_sampler(self.name, costs, world_size=world_size, rank=rank, seed=self.seed, **kwargs)
 
 
@@ -245,6 +257,37 @@ class FlopsBucketSampler(StitchSampler):
         return out
 
 
+OFFICIAL_FLOPS_GAP = 1.0
+"""GMACs: SN-Netv2's default `flops_gap` (its configs' FLOPs are fvcore counts, one per multiply-add)."""
+
+
+@register_sampler("resource_constrained")
+class ResourceConstrainedSampler(StitchSampler):
+    """SN-Netv2's resource-constrained sampling: a FLOPs group uniformly, then a config in it; per rank.
+
+    Groups come from `flops_gap_groups(costs, flops_gap)`, so `costs` must be GMACs for the
+    official gap to mean what it does there. Every compute budget (group) gets the same share of
+    training, however many configs crowd into it: SN-Netv2's round trips add ~100 configs near the
+    anchors' costs, which uniform sampling would over-train at the expense of the sparse middle.
+    """
+
+    def __init__(self, costs, world_size=1, rank=0, seed=0, flops_gap: float = OFFICIAL_FLOPS_GAP) -> None:
+        super().__init__(costs, world_size, rank, seed)
+        self.flops_gap = float(flops_gap)
+        self.groups = flops_gap_groups(self.costs, self.flops_gap)
+
+    def group_ids(self) -> list[list[Hashable]]:
+        """The groups as config ids (each sorted by id), cheapest group first."""
+        return [sorted(self.config_ids[i] for i in g) for g in self.groups]
+
+    def _assign(self, step: int) -> list[int]:
+        out = []
+        for r in range(self.world_size):
+            group = self.groups[_hash(self.seed, step, r, 3) % len(self.groups)]
+            out.append(group[_hash(self.seed, step, r, 4) % len(group)])
+        return out
+
+
 @register_sampler("balanced")
 class BalancedSampler(StitchSampler):
     """All ranks train configs of one cost bucket per step; every config gets an even share.
@@ -319,6 +362,25 @@ def cost_buckets(costs: Sequence[float], max_spread: float) -> list[list[int]]:
         else:
             buckets.append([i])
     return buckets
+
+
+def flops_gap_groups(costs: Sequence[float], flops_gap: float) -> list[list[int]]:
+    """Indices of `costs` grouped as SN-Netv2 groups its configs by FLOPs.
+
+    Sorted by cost, a group starts at its cheapest config and takes every following config whose
+    cost exceeds that first one by at most `flops_gap`; the next config opens a new group. Ties
+    keep index order. Unlike `cost_buckets` the gap is absolute (GMACs), not relative.
+    """
+    if not (math.isfinite(flops_gap) and flops_gap >= 0):
+        raise ValueError(f"flops_gap must be a finite number of GMACs >= 0, got {flops_gap}")
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and costs[i] - costs[groups[-1][0]] <= flops_gap:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def all_reduce_counts(counts: Sequence[int], device: Any = None) -> list[int]:

@@ -380,6 +380,8 @@ def _build_model(cfg: ExperimentConfig):
         nearest=m.nearest,
         rule=m.rule,
         final_norm=m.final_norm,
+        lora_r=m.lora_r,
+        lora_alpha=m.lora_alpha,
         pretrained=local_weights(m.pretrained),
         **m.timm_kwargs,
     )
