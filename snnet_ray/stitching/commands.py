@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rule",
         default="paper",
-        choices=list_rules(),
+        # the registry's rules (paper, dense, snnetv2, ...); an unknown one is refused by `get_rule`,
+        # whose error names the known rules
+        metavar="{" + ",".join(list_rules()) + "}",
         help="stitch-space rule: paper (the official SN-Net spaces, default), dense (every window), "
         "snnetv2 (SN-Netv2: two-way stitching and round trips), or any registered",
     )
