@@ -328,6 +328,39 @@ def test_published_v2_results_line_up_with_the_v2_space(deit3_sl):
         load_published_v2("deit3_ti_s")
 
 
+def test_published_v2_release_compares_a_run(deit3_sl, tmp_path, capsys):
+    """The v2 results are a release like v1's: `results compare --published snnetv2_deit3_s_l`."""
+    from snnet_ray.cli import main
+    from snnet_ray.reference import list_published, load_published
+    from snnet_ray.results import ConfigInfo, EvalRecord, LocalResults
+    from snnet_ray.results.published import compare_published
+
+    assert "snnetv2_deit3_s_l" in list_published()
+    pub = load_published("snnetv2_deit3_s_l")
+    assert pub.space["rule"] == "snnetv2" and pub.configs[30].variant == "LSL"
+    v1 = SNNet.from_timm([DEIT3["s"], DEIT3["l"]], device="meta")  # rule paper: a different layout
+    db = tmp_path / "r.db"
+    with LocalResults(db) as results:
+        for run, model in (("v2", deit3_sl), ("v1", v1)):
+            results.put_configs(run, [
+                ConfigInfo(config_id=c.id, name=c.name, kind=c.kind, anchors=list(c.anchors),
+                           gmacs=model.cost(c.id, folded=True).gmacs)
+                for c in model.configs
+            ])  # fmt: skip
+            results.ingest([
+                EvalRecord(run=run, checkpoint="final", config_id=c.id, shard="val-0", samples=1000,
+                           top1_correct=round(pub.configs[min(c.id, 133)].acc1 * 10) - 5, top5_correct=1000)
+                for c in model.configs
+            ])  # fmt: skip
+        with pytest.raises(ValueError, match="does not have the published snnetv2_deit3_s_l layout.*rule=snnetv2"):
+            compare_published(results.table("v1"), "snnetv2_deit3_s_l")
+    args = ["results", "compare", "--db", str(db), "--run", "v2", "--published", "snnetv2_deit3_s_l", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["run_a"] == "published:snnetv2_deit3_s_l" and len(out["rows"]) == 134
+    assert all(r["delta"] == pytest.approx(-0.5, abs=0.06) for r in out["rows"])
+
+
 # -- 6. flexible backbone: every config's feature map --------------------------------------------------
 
 

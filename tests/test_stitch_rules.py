@@ -100,6 +100,36 @@ def test_two_hop_path_runs_middle_blocks_between_its_cuts():
     assert mods.count(model.stitch_layers[cfg.layers[0]]) == 1 and model.stitch_layers[cfg.layers[1]] in mods
 
 
+@pytest.mark.parametrize("final_norm", ["always", "v1"])
+def test_two_hop_paths_evaluate_export_and_give_features(final_norm, tmp_path):
+    """Official v1 two-hop configs share SN-Netv2's multi-hop path: one pass, export, features."""
+    from snnet_ray.deploy.export import export_config, load_exported
+    from snnet_ray.deploy.network import RouteNetwork
+    from snnet_ray.eval.one_pass import evaluate_batch, evaluate_batch_by_config
+
+    anchors = [("deit_tiny_patch16_224", dict(embed_dim=e, depth=4, num_heads=2)) for e in (16, 24, 32)]
+    model = SNNet.from_timm(
+        anchors, nearest=False, final_norm=final_norm, img_size=32, patch_size=8, num_classes=5
+    ).eval()
+    cfg = next(c for c in model.configs if c.num_hops == 2 and c.positions == ((0, 1), (2, 3)))
+    x, y = torch.randn(3, 3, 32, 32), torch.randint(0, 5, (3,))
+    with torch.no_grad():
+        one_pass, by_config = evaluate_batch(model, x, y), evaluate_batch_by_config(model, x, y)
+        assert one_pass.keys() == by_config.keys()
+        for i, want in by_config.items():
+            assert (one_pass[i].top1_correct, one_pass[i].top5_correct) == (want.top1_correct, want.top5_correct)
+            assert one_pass[i].loss_sum == pytest.approx(want.loss_sum, rel=1e-4)
+        out = export_config(model, cfg.id, tmp_path / "hop", formats=("safetensors",))
+        net = load_exported(out.out_dir)
+        assert isinstance(net, RouteNetwork) and net.final_norm == (final_norm == "always")
+        assert torch.allclose(net(x), model.forward_config(x, cfg.id), atol=1e-5)
+        feats = model.forward_features(x, cfg.id)  # timm's convention: after the final norm
+        assert feats.shape == (3, 1 + 16, model.feature_width(cfg.id))
+        if final_norm == "always":
+            head = model.anchors[2].model.forward_head(feats)
+            assert torch.allclose(head, model.forward_config(x, cfg.id), atol=1e-5)
+
+
 def test_dense_rule_is_todays_space_and_rules_are_a_registry():
     swin = [
         AnchorLayout(d, (96, 192, 384, 768), (0, 1, 2), (0, 0, 0, 0))
