@@ -27,6 +27,10 @@ B/L with `nearest=True`, also S/L otherwise), anchors first, then pair by pair i
 SL, LS, LSL, SLS. Config ids are stable and equal the official ids for one pair, less one above
 the skipped config (official id 13 for D_s = 12): `official_v2_id` maps them.
 
+Registered as the stitch rule 'snnetv2' (`SNNet(rule="snnetv2")`, `rule_options={"variants":
+("SL", "LS")}` for a subset); its configs are multi-hop `StitchConfig`s (`variant` set), built with
+`SpaceBuilder` and run by `SNNet.forward_stitched` like v1's official two-hop configs.
+
 Only single-stage (plain ViT) anchors: the official method stitches DeiT III; Swin and ResNet
 change resolution between stages, where a round trip would have to cross it.
 """
