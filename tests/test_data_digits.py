@@ -57,7 +57,8 @@ def test_our_pipelines_read_digits(digits):
     batches = list(loader)
     assert len(batches) == loader.steps_per_epoch == 1437 // 64
     images, labels = batches[0]
-    assert images.shape == (64, 3, 32, 32) and images.dtype == torch.float32
+    # uint8 NCHW: normalisation and Mixup/CutMix run on the worker's device (DeviceFinisher)
+    assert images.shape == (64, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.dtype == torch.long and set(torch.cat([b[1] for b in batches]).tolist()) == set(range(10))
     val = list(build_val_loader(cfg, rank=0, world_size=1))
     assert sum(len(b.keys) for b in val) == 360

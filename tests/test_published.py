@@ -65,7 +65,7 @@ def test_a_run_beside_the_published_results(tmp_path, capsys):
         assert client.get("/published/resnet").status_code == 200
         api = client.get("/api/published/resnet", params={"run": "mine"}).json()
         assert api["run_a"] == "published:resnet" and api["rows"][2]["top1_a"] == pytest.approx(77.468)
-        assert client.get("/api/published/nope").status_code == 400
+        assert client.get("/api/published/nope").status_code == 404
         assert "/published/deit" in client.get("/").text
 
     assert main(["results", "compare", "--db", str(db), "--run", "mine", "--published", "resnet", "--json"]) == 0

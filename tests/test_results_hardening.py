@@ -68,7 +68,7 @@ def test_secrets_are_neither_stored_nor_served(service):
     for path, item in spec["paths"].items():
         if "get" not in item:
             continue
-        response = client.get(path.replace("{run}", "r"), params=params)
+        response = client.get(path.replace("{run}", "r").replace("{name}", "deit"), params=params)
         assert response.status_code == 200, (path, response.text[:200])
         bodies.append(response.text if "parquet" not in response.headers["content-type"] else "")
     for fmt in ("csv", "parquet"):

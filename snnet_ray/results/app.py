@@ -79,6 +79,19 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 RunPath = Annotated[RunName, PathParam(description="run name (see snnet_ray.names)")]
 CheckpointQuery = Annotated[CheckpointName | None, Query()]
+PublishedPath = Annotated[
+    str, PathParam(pattern=r"^[a-z0-9_]{1,64}$", description="a published release: deit, swin, resnet, ...")
+]
+
+
+def _release(name: str) -> str:
+    """`name` if it is a packaged release; ResultsNotFound (404) naming the available ones otherwise."""
+    from snnet_ray.reference.published import list_published
+
+    available = list_published()
+    if name not in available:
+        raise ResultsNotFound(f"no published results called {name!r}; available: {', '.join(available)}")
+    return name
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
@@ -243,18 +256,25 @@ def create_app(store: ResultsStore | LocalResults, token: str | None = None) -> 
         return compare_page(results.compare(a, b, checkpoint_a, checkpoint_b), ta, tb, base=_base(request))
 
     @app.get("/api/published/{name}")
-    def published_api(name: str, run: str | None = None, checkpoint: str | None = None) -> Any:
+    def published_api(
+        name: PublishedPath, run: Annotated[RunName | None, Query()] = None, checkpoint: CheckpointQuery = None
+    ) -> ResultsTable | Comparison:
         from snnet_ray.results.published import compare_published, published_table
 
         if run is None:
-            return published_table(name)
-        return compare_published(results.table(run, checkpoint), name)
+            return published_table(_release(name))
+        return compare_published(results.table(run, checkpoint), _release(name))
 
-    @app.get("/published/{name}", response_class=HTMLResponse)
-    def published_view(request: Request, name: str, run: str | None = None, checkpoint: str | None = None) -> str:
+    @app.get("/published/{name}", response_class=HTMLResponse, responses=_PAGE_ERRORS)
+    def published_view(
+        request: Request,
+        name: PublishedPath,
+        run: Annotated[RunName | None, Query()] = None,
+        checkpoint: CheckpointQuery = None,
+    ) -> str:
         from snnet_ray.results.published import compare_published, published_table
 
-        published = published_table(name)
+        published = published_table(_release(name))
         if run is None:
             return run_page(published, None, base=_base(request))
         table = results.table(run, checkpoint)
