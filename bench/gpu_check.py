@@ -139,6 +139,9 @@ def train_and_resume(check: Check) -> dict[str, Any]:
     base = [
         f"model.anchors={json.dumps(check.anchors)}",
         "model.pretrained=false",
+        "loss.teacher=null",  # random-init anchors: no RegNetY-160 teacher file on a bare GPU box
+        "loss.teacher_weights=null",
+        "loss.distill_weight=0",
         f"model.timm_kwargs={json.dumps(check.timm_kwargs)}",
         f"model.ls_init_images={min(64, check.batch)}",
         f"data.root={check.work / 'shards'}",
