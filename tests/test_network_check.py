@@ -26,6 +26,7 @@ from snnet_ray.train.network_check import (
     parse_nccl_log,
     startup_check,
 )
+from snnet_ray.train.trainer import configure_worker_logging
 
 EFA_LOG = """\
 ip-10-0-1-12:412:412 [0] NCCL INFO NCCL version 2.27.3+cuda12.9
@@ -52,6 +53,7 @@ gpu07:5:31 [0] NCCL INFO Channel 00/0 : 0[0] -> 8[0] [send] via NET/IB/0/GDRDMA
 def _worker(rank: int, world: int, port: int, db: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    configure_worker_logging(rank)  # as the trainer does: rank 0's info lines on stdout
     try:
         startup_check(torch.device("cpu"), run="net-check", results_url=f"sqlite:///{db}", use_gpu=False)
     finally:

@@ -72,8 +72,8 @@ class LossConfig:
                 f"loss.teacher_weights not found: {self.teacher_weights}; give the {self.teacher} teacher's weights "
                 "file (for regnety_160, DeiT's teacher: timm's regnety_160.deit_in1k, or "
                 "https://dl.fbaipublicfiles.com/deit/regnety_160-a5fe301d.pth) with --set loss.teacher_weights=FILE, "
-                "or --set loss.teacher=null --set loss.teacher_weights=null --set loss.distill_weight=0 to train without "
-                "distillation"
+                "or --set loss.teacher=null --set loss.teacher_weights=null --set loss.distill_weight=0 to train "
+                "without distillation"
             )
 
     def build(self, num_classes: int, device: torch.device | str = "cpu") -> SNNetLoss:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import socket
@@ -312,5 +313,9 @@ def _captured_output() -> Iterator[_Captured]:
 
 
 def _say(message: str) -> None:
-    # print, as the trainer does: Ray forwards worker stdout to the job's log.
-    print(f"[snnet-ray] {message}", flush=True)
+    # The trainer's logger (one `[snnet-ray]` line, rank 0's info and every rank's warnings): a print
+    # reached the job's log twice, through stdout and through Ray Train's print patch.
+    if message.startswith("WARNING"):
+        logging.getLogger("snnet_ray.train").warning(message)
+    else:
+        logging.getLogger("snnet_ray.train").info(message)

@@ -33,7 +33,7 @@ from snnet_ray.train.config import ExperimentConfig, load_experiment
 from snnet_ray.train.context import WorkerContext
 from snnet_ray.train.step import StepWindow
 
-__all__ = ["Trainer", "train_loop_per_worker"]
+__all__ = ["Trainer", "configure_worker_logging", "train_loop_per_worker"]
 
 log = logging.getLogger("snnet_ray.train")
 
@@ -66,7 +66,7 @@ class Trainer:
         self.device = context.device
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        _configure_logging(self.rank)
+        configure_worker_logging(self.rank)
         resume = contextlib.ExitStack()
         checkpoint = resume.enter_context(context.resume_directory())
         # 1b. the node's CUDA driver and the network the gradient all-reduce runs over: the first collective
@@ -350,7 +350,7 @@ class Trainer:
 _Window = StepWindow  # loss summed on the device; read at log steps only (train/step.py)
 
 
-def _configure_logging(rank: int) -> None:
+def configure_worker_logging(rank: int) -> None:
     """One `[snnet-ray]` line per message from rank 0, to stdout only.
 
     The logger does not propagate: Ray Train v2 hooks the root logger and print() of its workers, and
