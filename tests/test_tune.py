@@ -100,7 +100,7 @@ def test_validation_points_cover_every_value_and_both_ends_of_ranges():
     ("space", "message"),
     [
         ({"optim.lrr": {"grid": [1e-3]}}, r"unknown sweep parameter 'optim.lrr'.*did you mean 'optim.lr'"),
-        ({"optim.learning_rate": {"grid": [1e-3]}}, r"optim has no field 'learning_rate'; fields: lr, min_lr"),
+        ({"optim.learning_rate": {"grid": [1e-3]}}, r"optim has no field 'learning_rate'; fields: (name, )?lr, min_lr"),
         ({"modle.stride": {"grid": [1]}}, r"unknown sweep parameter 'modle.stride'.*did you mean 'model'"),
         ({"optim.lr.peak": {"grid": [1e-3]}}, r"'optim.lr' is a value, not a section"),
         ({"optim": {"grid": [1]}}, r"'optim' names a whole section"),

@@ -142,8 +142,6 @@ def _pareto(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from snnet_ray.results.text import format_comparison
-
     if (args.against is None) == (args.published is None):
         raise ValueError("give exactly one of --against RUN (another run) and --published NAME (a release's results)")
     if args.published:
@@ -154,33 +152,27 @@ def _compare(args: argparse.Namespace) -> int:
         if args.png:
             tables = [results.table(args.run, args.checkpoint),
                       results.table(args.against, args.against_checkpoint)]
+    return _show_comparison(args, cmp, tables)
+
+
+def _compare_published(args: argparse.Namespace) -> int:
+    from snnet_ray.results.published import compare_published, published_table
+
+    published = published_table(args.published)  # an unknown name fails before any query
+    with _open(args) as results:
+        table = results.table(args.run, args.checkpoint)
+    return _show_comparison(args, compare_published(table, args.published), [published, table] if args.png else [])
+
+
+def _show_comparison(args: argparse.Namespace, cmp: Any, tables: list[Any]) -> int:
+    """Print a comparison (table or --json) and draw `tables` into --png when given."""
+    from snnet_ray.results.text import format_comparison
+
     png = None
     if tables:
         from snnet_ray.results.plot import plot_pareto
 
         png = plot_pareto(tables, args.png)
-    if args.json:
-        _print_json({**cmp.model_dump(mode="json"), "png": str(png) if png else None})
-        return 0
-    print(format_comparison(cmp))
-    if png:
-        print(f"\nfigure: {png.resolve()}")
-    return 0
-
-
-def _compare_published(args: argparse.Namespace) -> int:
-    from snnet_ray.results.published import compare_published, published_table
-    from snnet_ray.results.text import format_comparison
-
-    published = published_table(args.published)  # an unknown name fails before any query
-    with _open(args) as results:
-        table = results.table(args.run, args.checkpoint)
-    cmp = compare_published(table, args.published)
-    png = None
-    if args.png:
-        from snnet_ray.results.plot import plot_pareto
-
-        png = plot_pareto([published, table], args.png)
     if args.json:
         _print_json({**cmp.model_dump(mode="json"), "png": str(png) if png else None})
         return 0
