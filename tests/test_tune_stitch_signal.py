@@ -51,11 +51,13 @@ def test_two_trials_differing_only_in_stitch_lr_get_different_objectives(tmp_pat
             "model": {"ls_init_images": 32, "anchors": load_experiment("tiny_digits").model.anchors[:2]},
             "data": {"num_workers": 0, "root": str(digits)},
             "scaling": {"num_workers": 1},
-            "schedule": {"max_steps": 8},
+            "schedule": {"max_steps": 16},
             "optim": {"lr": 3.0e-3},
-            "run": {"checkpoint_every_steps": 4, "log_every_steps": 4, "keep_checkpoints": 1},
+            # 8 steps before the compared evaluation: enough draws that the sampled stitches share
+            # layers with the evaluated ones (4 steps sometimes trained none of them)
+            "run": {"checkpoint_every_steps": 8, "log_every_steps": 4, "keep_checkpoints": 1},
             "failure": {"max_failures": 0},
-            "eval": {"every_steps": 4, "configs": "span:4", "max_shards": 1, "final": True},
+            "eval": {"every_steps": 8, "configs": "span:4", "max_shards": 1, "final": True},
         },
         "space": {"optim.stitch_lr_scale": {"grid": [0.1, 30.0]}},
         "num_samples": 1,
@@ -80,11 +82,11 @@ def test_two_trials_differing_only_in_stitch_lr_get_different_objectives(tmp_pat
     with LocalResults(db) as results:
         runs = [r for r in results.runs() if r.trial_id]
         assert len(runs) == 2 and {r.hyperparameters["optim.stitch_lr_scale"] for r in runs} == {0.1, 30.0}
-        table = results.table(runs[0].run, "step-000004")
+        table = results.table(runs[0].run, "step-000008")
         anchors = [r.gmacs for r in table.rows if r.kind == "anchor"]
         assert sum(r.kind == "stitch" and r.top1 is not None for r in table.rows) == 4  # it saw stitches
-        # what ASHA compared at step 4: ObjectiveReportCallback.objective computes exactly this
+        # what ASHA compared at step 8: ObjectiveReportCallback.objective computes exactly this
         gmacs_range = (min(anchors), max(anchors))
-        scores = {r.run: family_summary(results.table(r.run, "step-000004").rows, gmacs_range)["objective"]
+        scores = {r.run: family_summary(results.table(r.run, "step-000008").rows, gmacs_range)["objective"]
                   for r in runs}  # fmt: skip
     assert len(set(scores.values())) == 2, scores
