@@ -12,7 +12,7 @@ every tensor under its parameter's name with its full shape, and its planner spr
 tensors that several ranks hold over those ranks, so every rank writes its own share in parallel and
 any number of ranks can read it back; resharding needs no offline conversion step (DeepSpeed's
 `ds_to_universal` reads every shard in one process) and nothing is unpickled: DeepSpeed's own
-checkpoint files are pickles read with `weights_only=False`, DCP's tensor files are read as tensors
+checkpoint files are pickles that only a full unpickler reads, DCP's tensor files are read as tensors
 and its `.metadata` index here through an unpickler that admits DCP's metadata classes only. The
 per-parameter fp32 weights and optimizer moments come from DeepSpeed's public tensor-fragment API
 (`deepspeed.utils.safe_get_full_*` / `safe_set_full_*`), which works for ZeRO 0-3 and bf16.
