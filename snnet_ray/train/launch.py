@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,14 +144,22 @@ def run_experiment(cfg: ExperimentConfig, *, run: str | None = None, trial: dict
     return ExperimentOutcome(run=run, checkpoint=checkpoint, results_url=results.url, table=table)
 
 
-def fit_recorded(trainer: Any, results: Any, run: str, experiment: dict[str, Any]) -> tuple[Any, str | None]:
+def fit_recorded(
+    trainer: Any,
+    results: Any,
+    run: str,
+    experiment: dict[str, Any],
+    *,
+    stop_requested: Callable[[], bool] | None = None,
+) -> tuple[Any, str | None]:
     """`trainer.fit()`, marking the run failed in the results service if it raises, stopped on SIGTERM.
 
     Returns (Ray's Result, the last checkpoint's path) and records the checkpoint's SNNet as
     `experiment["model_dir"]`, which `snnet-ray export --run` finds."""
     from snnet_ray.train.status import recorded_status
 
-    with recorded_status(results, run):  # failed, or stopped by `ray job stop` (SIGTERM)
+    # failed, or stopped by `ray job stop` (SIGTERM) or by the caller's scheduler (`stop_requested`)
+    with recorded_status(results, run, stop_requested=stop_requested):
         result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
     if checkpoint is not None:

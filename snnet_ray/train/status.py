@@ -6,6 +6,11 @@ KeyboardInterrupt. Without a handler the run stayed `running` in the results ser
     with recorded_status(results, run):     # in the driver, around training
         trainer.fit()
     # raised -> "failed"; SIGTERM or Ctrl-C -> "stopped"; the caller marks "finished" itself
+
+A Tune trial is stopped another way: ASHA's stop tears the trial's Train run down, and `fit()`
+raises whatever that teardown looks like. The trial passes `stop_requested` (did Tune ask?) so an
+early-stopped trial is recorded `stopped`, the same status the sweep driver records for it later;
+a trial still tearing down must not overwrite that with `failed`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["RunStopped", "recorded_status"]
@@ -24,8 +29,8 @@ class RunStopped(SystemExit):
 
 
 @contextlib.contextmanager
-def recorded_status(results: Any, run: str) -> Iterator[None]:
-    """Mark `run` stopped (SIGTERM, Ctrl-C) or failed (any other exception) when the block ends so."""
+def recorded_status(results: Any, run: str, *, stop_requested: Callable[[], bool] | None = None) -> Iterator[None]:
+    """Mark `run` stopped (SIGTERM, Ctrl-C, `stop_requested()`) or failed (any other exception)."""
     previous = None
     signalled: list[int] = []
     if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
@@ -39,7 +44,11 @@ def recorded_status(results: Any, run: str) -> Iterator[None]:
         yield
     except BaseException as err:
         # Ray may wrap the interruption in its own error: the signal, not the type, says "stopped".
-        stopped = bool(signalled) or isinstance(err, (RunStopped, KeyboardInterrupt))
+        stopped = (
+            bool(signalled)
+            or isinstance(err, (RunStopped, KeyboardInterrupt))
+            or (stop_requested is not None and stop_requested())
+        )
         _mark(results, run, "stopped" if stopped else "failed")
         raise
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ def run_trial(
     # Tune starts trials in their own folder; relative paths in the config mean the driver's folder.
     os.chdir(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()))
     trial_id = tune.get_context().get_trial_id()
+    stop_requested = _tune_stop_requested()
     sweep_cfg = load_sweep(sweep)
     run = trial_run_name(sweep_cfg.name, trial_id)
     cfg = _for_trial(trial_experiment(sweep_cfg, params), run, storage_path, results_url)
@@ -63,7 +65,7 @@ def run_trial(
 
     bridge = ObjectiveReportCallback(run, results_url, gmacs_range, token=token)
     trainer = build_trainer(cfg, run=run, results_url=results_url, callbacks=[bridge])
-    result, checkpoint = fit_recorded(trainer, results, run, experiment)
+    result, checkpoint = fit_recorded(trainer, results, run, experiment, stop_requested=stop_requested)
     rows = results.table(run, "final").rows
     summary = family_summary(rows, gmacs_range)
     if summary["objective"] is None:
@@ -74,6 +76,21 @@ def run_trial(
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _tune_stop_requested() -> Callable[[], bool]:
+    """Whether Tune has asked this trial to stop (ASHA), read when `fit()` raises.
+
+    Tune's stop sets the trial session's stop event and then shuts the session down, which takes
+    the Train run's report queue with it: `fit()` raises a teardown error that is no failure of
+    the run. The session is captured now because Tune clears the global one while stopping."""
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    event = getattr(session, "stop_event", None)
+    if event is None:
+        return lambda: False
+    return event.is_set
 
 
 def _for_trial(cfg: ExperimentConfig, run: str, storage_path: str, results_url: str) -> ExperimentConfig:
