@@ -166,3 +166,12 @@ def test_killed_worker_resumes_from_checkpoint_and_a_rerun_continues(digits, tmp
     run_local(local, 1, run="fault")
     state = read_train_state(tmp_path / "runs" / "fault" / "step_00000011")["states"]
     assert state["progress"]["step"] == 11 and state["progress"]["samples"] == 10 * global_batch + 32
+
+    # and Ray continues the local launcher's step 11 (which Ray's checkpoint manager never saw), on 2 workers
+    again = _cfg(digits, tmp_path, *QUICK, "schedule.max_steps=12", "eval.final=false", "eval.configs=anchors")
+    outcome = run_experiment(again, run="fault")
+    state = read_train_state(outcome.checkpoint)
+    assert state["world_size"] == 2
+    assert state["states"]["progress"]["step"] == 12
+    # from step 11, not from Ray's own step 10 (which would count 12 global batches)
+    assert state["states"]["progress"]["samples"] == 10 * global_batch + 32 + global_batch

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +33,8 @@ from snnet_ray import collectives
 __all__ = ["LocalContext", "RayContext", "WorkerContext", "check_device", "latest_checkpoint"]
 
 COMPLETE_MARKER = "train_state/state.json"
+RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's list of a run's checkpoints
+_MAX_SNAPSHOT_BYTES = 16 << 20
 
 
 def check_device(use_gpu: bool) -> None:
@@ -89,8 +92,12 @@ class RayContext(WorkerContext):
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:  # perhaps a run the local launcher started: same layout, same place
-            yield latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        # The local launcher writes the same `step_<8 digits>` layout into the same run directory, and
+        # Ray's checkpoint manager does not know of its checkpoints: a Ray run continued locally and
+        # then on Ray again must resume from the newer of the two, not from Ray's last one.
+        local = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        if checkpoint is None or (local is not None and local.name > Path(checkpoint.path).name):
+            yield local
             return
         with checkpoint.as_directory() as directory:
             yield Path(directory)
@@ -159,8 +166,12 @@ class LocalContext(WorkerContext):
     def _prune(self) -> None:
         if not self.keep:
             return
+        # Checkpoints Ray's checkpoint manager recorded are Ray's to prune: Ray refuses to resume a
+        # run whose snapshot names a checkpoint that is gone (a Ray run continued here, then on Ray).
+        held = _held_by_ray(self.run_dir)
         for old in _checkpoints(self.run_dir)[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.name not in held:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def _quiet_ray_reports() -> None:
@@ -179,6 +190,21 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint (`step_*` with its train state) under a run's directory."""
     found = _checkpoints(Path(run_dir))
     return found[-1] if found else None
+
+
+def _held_by_ray(run_dir: Path) -> set[str]:
+    """The `step_*` checkpoint names Ray Train's run snapshot in `run_dir` refers to.
+
+    Read as text, not parsed as Ray's schema (internal to Ray), and bounded in size."""
+    snapshot = run_dir / RAY_RUN_SNAPSHOT
+    try:
+        with snapshot.open("rb") as f:
+            text = f.read(_MAX_SNAPSHOT_BYTES + 1)
+    except FileNotFoundError:
+        return set()
+    if len(text) > _MAX_SNAPSHOT_BYTES:
+        raise ValueError(f"{snapshot} is over {_MAX_SNAPSHOT_BYTES} bytes; not Ray's run snapshot, or corrupt")
+    return set(re.findall(r"step_[0-9]{8}", text.decode("utf-8", errors="replace")))
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
