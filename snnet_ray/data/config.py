@@ -57,6 +57,12 @@ class DataConfig:
     """Used only when `auto_augment` is None."""
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
     """timm RandAugment / AutoAugment string; None for none."""
+    three_augment: bool = False
+    """DeiT III's 3-Augment (SN-Netv2's recipe) in place of RandAugment: one of grayscale,
+    solarisation and Gaussian blur per image, then `color_jitter`. `auto_augment` must be None."""
+    simple_random_crop: bool = False
+    """With `three_augment`: DeiT III's simple random crop (resize the short side to `input_size`,
+    reflect-pad 4, random crop) instead of RandomResizedCrop."""
     re_prob: float = 0.25
     re_mode: str = "pixel"
     re_count: int = 1
@@ -97,6 +103,16 @@ class DataConfig:
             self.finish_on_device or not self.decode_on_device,
             "decode_on_device needs finish_on_device=true (decoded images are finished where they are)",
         )
+        need(
+            not (self.three_augment and self.auto_augment),
+            f"three_augment replaces RandAugment; set auto_augment=null (got {self.auto_augment!r})",
+        )
+        need(
+            not (self.three_augment and self.decode_on_device),
+            "three_augment runs in the loader workers, which decode_on_device bypasses; set one of them false",
+        )
+        need(self.three_augment or not self.simple_random_crop, "simple_random_crop is part of three_augment; set both")
+        need(0 <= self.color_jitter <= 1, f"color_jitter must be in [0, 1], got {self.color_jitter}")
         need(self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         need(self.shuffle_initial >= 1, f"shuffle_initial must be >= 1, got {self.shuffle_initial}")
         need(self.samples_per_epoch is None or self.samples_per_epoch > 0, "samples_per_epoch must be > 0")

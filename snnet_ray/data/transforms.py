@@ -1,7 +1,10 @@
 """Image transforms and mixup for the pipelines, built with timm from a `DataConfig`.
 
 Train: RandomResizedCrop, horizontal flip, RandAugment (or colour jitter), to tensor, normalise,
-random erasing - timm's `create_transform(is_training=True)`, the DeiT recipe. Validation:
+random erasing - timm's `create_transform(is_training=True)`, the DeiT recipe. Or DeiT III's
+3-Augment (`data.three_augment`, SN-Netv2's recipe): crop and flip, then one of grayscale,
+solarisation and Gaussian blur, then colour jitter; with `data.simple_random_crop` the crop is
+DeiT III's simple random crop (resize, reflect-pad 4, random crop) instead of RandomResizedCrop. Validation:
 resize to `input_size / crop_pct`, centre crop, normalise. Mixup/cutmix: timm's `Mixup` on whole
 batches, which also turns labels into (label-smoothed) soft targets.
 """
@@ -12,7 +15,7 @@ from collections.abc import Callable
 
 from .config import DataConfig
 
-__all__ = ["build_mixup", "build_train_transform", "build_val_transform"]
+__all__ = ["build_mixup", "build_three_augment", "build_train_transform", "build_val_transform"]
 
 
 def build_train_transform(cfg: DataConfig) -> Callable:
@@ -20,6 +23,9 @@ def build_train_transform(cfg: DataConfig) -> Callable:
     on the device (`cfg.finish_on_device`: normalisation and random erasing happen there), else
     normalised, random-erased float."""
     from timm.data import create_transform
+
+    if cfg.three_augment:
+        return build_three_augment(cfg)
 
     transform = create_transform(
         input_size=cfg.input_size,
@@ -39,6 +45,71 @@ def build_train_transform(cfg: DataConfig) -> Callable:
     )
     _allow_zero_bit_posterize(transform)
     return transform
+
+
+def build_three_augment(cfg: DataConfig) -> Callable:
+    """DeiT III's 3-Augment (Touvron et al., "DeiT III: Revenge of the ViT", 2022), as SN-Netv2 trains.
+
+    Crop (RandomResizedCrop, or the simple random crop) and horizontal flip; exactly one of
+    grayscale, solarisation (threshold 128) and Gaussian blur (radius U(0.1, 2)); colour jitter
+    (`color_jitter` for brightness, contrast and saturation) when > 0. Ends as `build_train_transform`
+    does: uint8 for the device to finish, else normalised (and random-erased when `re_prob` > 0).
+    Randomness comes from Python's and torch's generators, which the loader workers seed per rank
+    and epoch."""
+    from timm.data.transforms import MaybePILToTensor, RandomResizedCropAndInterpolation, str_to_interp_mode
+    from torchvision import transforms as T
+
+    size = cfg.input_size
+    interpolation = "bicubic" if cfg.interpolation == "random" else cfg.interpolation
+    if cfg.simple_random_crop:
+        crop = [
+            T.Resize(size, interpolation=str_to_interp_mode(interpolation)),
+            T.RandomCrop(size, padding=4, padding_mode="reflect"),
+        ]
+    else:
+        crop = [RandomResizedCropAndInterpolation(size, scale=cfg.scale, ratio=cfg.ratio, interpolation=interpolation)]
+    steps: list[Callable] = [*crop, T.RandomHorizontalFlip(cfg.hflip)]
+    steps.append(T.RandomChoice([T.Grayscale(num_output_channels=3), _Solarize(), _GaussianBlur(0.1, 2.0)]))
+    if cfg.color_jitter > 0:
+        steps.append(T.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter))
+    if cfg.finish_on_device:
+        steps.append(MaybePILToTensor())
+    else:
+        steps += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
+        if cfg.re_prob > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            steps.append(RandomErasing(cfg.re_prob, mode=cfg.re_mode, max_count=cfg.re_count, device="cpu"))
+    return T.Compose(steps)
+
+
+class _Solarize:
+    """Invert every pixel value at or above 128 (PIL's default threshold, as DeiT III)."""
+
+    def __call__(self, img):
+        from PIL import ImageOps
+
+        return ImageOps.solarize(img)
+
+    def __repr__(self) -> str:
+        return "Solarize(threshold=128)"
+
+
+class _GaussianBlur:
+    """Gaussian blur with a radius drawn uniformly from [low, high] pixels."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+
+    def __call__(self, img):
+        import torch
+        from PIL import ImageFilter
+
+        radius = self.low + (self.high - self.low) * torch.rand(()).item()
+        return img.filter(ImageFilter.GaussianBlur(radius=radius))
+
+    def __repr__(self) -> str:
+        return f"GaussianBlur(radius=U({self.low}, {self.high}))"
 
 
 def build_val_transform(cfg: DataConfig) -> Callable:
