@@ -1,6 +1,6 @@
 """One-command GPU check: does a DeiT-Ti/S/B SN-Net train, checkpoint, evaluate and resume on this GPU,
-and how fast? (`scripts/gpu_check.sh` runs it; needs torch, torchvision, timm, deepspeed, webdataset;
-no Ray: training goes through the local launcher, `snnet-ray train --local`.)
+and how fast? (`scripts/gpu_check.sh` runs it; needs torch, torchvision, timm, deepspeed, webdataset and
+SQLAlchemy; no Ray: training goes through the local launcher, `snnet-ray train --local`.)
 
 Each figure is one function taking a `Check` (device, sizes, output folder) and returning a dict, so
 more figures slot in as more functions listed in `FIGURES`:

@@ -130,3 +130,10 @@ def test_checkpoint_index_is_read_without_unpickling_arbitrary_objects(tmp_path)
     hostile = pickle.dumps(os.system)  # what a tampered `.metadata` could hold
     with pytest.raises(pickle.UnpicklingError, match="posix.system"):
         _MetadataUnpickler(io.BytesIO(hostile)).load()
+    # DCP's own module imports `os`: protocol 4 resolves a dotted name through it, so only exact names pass
+    through_dcp = b"\x80\x04ctorch.distributed.checkpoint.metadata\nos.getcwd\n)R."
+    with pytest.raises(pickle.UnpicklingError, match="metadata.os.getcwd"):
+        _MetadataUnpickler(io.BytesIO(through_dcp)).load()
+    walk = b"\x80\x04cbuiltins\ngetattr\n."  # getattr reaches any global from an allowed class
+    with pytest.raises(pickle.UnpicklingError, match="builtins.getattr"):
+        _MetadataUnpickler(io.BytesIO(walk)).load()

@@ -119,6 +119,8 @@ def test_resumes_on_another_number_of_workers(first_run, nproc):
     assert [m["step"] for m in trained] == [5, 6]  # steps 1-4 are not trained again
     state = read_train_state(root / "runs" / run / "step_00000006")
     assert state["world_size"] == nproc
+    # the global batch (and an lr scaled to it) follow the workers started, not scaling.num_workers
+    assert LocalResults(root / "results.db").get_run(run).experiment["scaling"]["num_workers"] == nproc
     progress, counts = state["states"]["progress"], state["states"]["sampler"]["counts"]
     assert progress["step"] == 6
     assert progress["samples"] == 4 * 2 * BATCH + 2 * nproc * BATCH  # every image counted once
@@ -132,3 +134,31 @@ def test_resumes_on_another_number_of_workers(first_run, nproc):
     after = read_tensors(root / "runs" / run / "step_00000006")
     assert before.keys() == after.keys()
     assert any(not (before[k] == after[k]).all() for k in before)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_entry_registers_the_run_and_marks_it_finished(workspace):
+    # what `torchrun --nproc-per-node 1 -m snnet_ray.train.local --config ...` starts: no driver before it
+    root = workspace
+    args = [sys.executable, "-m", "snnet_ray.train.local", "--config", "tiny_digits"]
+    for item in [f"data.root={root / 'digits'}", f"run.storage_path={root / 'runs'}",
+                 f"results.url=sqlite:///{root / 'results.db'}", "run.name=torchrun", *COMMON,
+                 "schedule.max_steps=2", "eval.every_steps=0", "eval.final=false"]:  # fmt: skip
+        args += ["--set", item]
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=f"{root / 'noray'}{os.pathsep}{repo}", OMP_NUM_THREADS="1",
+               RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(_free_port()))  # fmt: skip
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    run = LocalResults(root / "results.db").get_run("torchrun")
+    assert run.status == "finished"
+    assert run.experiment["scaling"]["num_workers"] == 1  # the preset says 2; torchrun started 1
+    assert run.experiment["model_dir"] == str(root / "runs" / "torchrun" / "step_00000002" / "model")

@@ -10,15 +10,15 @@ comparison, Parquet/CSV export, and an HTML page per run with the accuracy-vs-GM
     results.ingest(records)                 # idempotent: a key sent again replaces its record
     results.best("deit-snnet", max_gmacs=5.0)
 
-`ensure_results_service`, `find_results_service` and `shutdown_results_service` (Ray Serve) are
-imported on first use, so importing this package does not import Ray.
+`ensure_results_service`, `find_results_service` and `shutdown_results_service` (Ray Serve) and
+the web app (`create_app`, FastAPI) are imported on first use, so a training worker that writes
+evaluations to a database needs neither Ray nor FastAPI (the GPU check runs without both).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from snnet_ray.results.app import SERVICE_NAME, create_app
 from snnet_ray.results.client import ENV_TOKEN, ENV_URL, ResultsClient, connect
 from snnet_ray.results.compare import compare_tables
 from snnet_ray.results.local import LocalResults
@@ -73,6 +73,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "SERVICE_NAME": "snnet_ray.results.app",
+    "create_app": "snnet_ray.results.app",
     "connect_for_job": "snnet_ray.results.serve",
     "ensure_results_service": "snnet_ray.results.serve",
     "find_results_service": "snnet_ray.results.serve",

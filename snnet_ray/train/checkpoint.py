@@ -507,27 +507,36 @@ def _set_engine_counters(engine: DeepSpeedEngine, counters: Mapping[str, Any]) -
 
 
 # -- reading DCP's index without unpickling arbitrary objects --------------------------------------------
-_ALLOWED_GLOBALS = {
-    ("torch.distributed.checkpoint.metadata", "*"),
+# Exact (module, name) pairs only: no wildcards (a module's namespace holds what it imported, `os`
+# included, and pickle resolves dotted names through it) and no `getattr` (a walk to any global).
+_DCP_METADATA = "torch.distributed.checkpoint.metadata"
+_ALLOWED_GLOBALS = frozenset({
+    *((_DCP_METADATA, name) for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "ChunkStorageMetadata", "TensorProperties",
+        "TensorStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING",
+    )),
+    ("torch.distributed.checkpoint.planner", "WriteItemType"),
+    ("torch.distributed.checkpoint.planner", "LoadItemType"),
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch.distributed.checkpoint.planner", "*"),
     ("torch", "Size"),
-    ("torch", "float32"), ("torch", "float64"), ("torch", "float16"), ("torch", "bfloat16"),
-    ("torch", "int64"), ("torch", "int32"), ("torch", "int8"), ("torch", "uint8"), ("torch", "bool"),
+    *(("torch", dtype) for dtype in (
+        "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
+    )),
     ("torch", "strided"), ("torch", "contiguous_format"), ("torch", "channels_last"),
     ("torch", "preserve_format"),
-    ("torch.serialization", "_get_layout"),  # maps a layout's name to torch.strided etc.
+    ("torch.serialization", "_get_layout"),  # maps a layout's name to torch.strided etc., nothing else
     ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),  # the checkpoint id DCP records
     ("collections", "OrderedDict"),
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "getattr"),
-}  # fmt: skip
+    ("builtins", "set"), ("builtins", "frozenset"),
+})  # fmt: skip
 
 
 class _MetadataUnpickler(pickle.Unpickler):
-    """Admits DCP's own metadata classes, torch dtypes and plain containers; anything else is refused."""
+    """Admits DCP's own metadata classes, torch dtypes and plain containers, each by its exact name;
+    anything else is refused."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS or (module, "*") in _ALLOWED_GLOBALS:
+        if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"checkpoint index refers to {module}.{name}, which a DCP index never holds")
 

@@ -133,7 +133,9 @@ class LocalContext(WorkerContext):
         if self.world_size > 1 and not dist.is_initialized():
             # Both backends: NCCL for CUDA tensors, gloo for CPU ones (DCP's plans, object broadcasts).
             backend = "cpu:gloo,cuda:nccl" if use_gpu else "gloo"
-            dist.init_process_group(backend=backend, init_method="env://", device_id=self.device if use_gpu else None)
+            # No device_id: NCCL then sets up at the first collective, which is the start-up network
+            # check's, where its "Using network ..." line is read (as under Ray, which does the same).
+            dist.init_process_group(backend=backend, init_method="env://")
         self.run_dir = Path(run_dir)
         self.keep = keep_checkpoints
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 from snnet_ray.train.config import ExperimentConfig, load_experiment
 
-__all__ = ["LocalOutcome", "main", "results_target", "run_dir", "run_local", "run_worker"]
+__all__ = ["LocalOutcome", "main", "results_target", "run_dir", "run_local", "run_worker", "with_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def run_local(
                 f"{torch.cuda.device_count()}"
             )
     run = run or cfg.run.name
+    cfg = with_workers(cfg, nproc)  # the batch sizes must divide on this many workers
     model = validate_experiment(cfg, check_cluster=False)
-    cfg.deepspeed.accumulation_steps(nproc)  # the batch sizes must divide on this many workers
     url = results_target(cfg)
     results = connect(url, token=cfg.results.token)
     experiment = cfg.to_dict()
@@ -123,6 +123,16 @@ def run_local(
     return LocalOutcome(run=run, checkpoint=str(checkpoint) if checkpoint else None, results_url=url, table=table)
 
 
+def with_workers(cfg: ExperimentConfig, world_size: int) -> ExperimentConfig:
+    """`cfg` for `world_size` workers: the global batch, and the peak lr scaled to it, follow the
+    workers this launcher starts, not `scaling.num_workers` (sized for the Ray cluster)."""
+    import dataclasses
+
+    if cfg.scaling.num_workers == world_size:
+        return cfg
+    return dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, num_workers=world_size))
+
+
 def run_worker(cfg: ExperimentConfig, run: str, results_url: str | None) -> None:
     """One worker of a local run (its rank from the environment); also what torchrun starts."""
     from snnet_ray.train.context import LocalContext
@@ -152,17 +162,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.config:
         p.error("give --config (or --payload)")
-    cfg = load_experiment(args.config, args.overrides)
+    cfg = with_workers(load_experiment(args.config, args.overrides), int(os.environ.get("WORLD_SIZE", "1")))
     url = results_target(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun no driver registered the run
-        from snnet_ray.eval.distributed import register_configs
-        from snnet_ray.results import connect
-        from snnet_ray.train.launch import validate_experiment
+    if int(os.environ.get("RANK", "0")) != 0:
+        run_worker(cfg, cfg.run.name, url)
+        return 0
+    # Under torchrun no driver registers the run or records how it ended: rank 0 does both.
+    from snnet_ray.eval.distributed import register_configs
+    from snnet_ray.results import connect
+    from snnet_ray.train.context import latest_checkpoint
+    from snnet_ray.train.launch import validate_experiment
+    from snnet_ray.train.status import recorded_status
 
-        results = connect(url, token=cfg.results.token)
-        results.register_run(cfg.run.name, experiment=cfg.to_dict(), status="running")
-        register_configs(results, cfg.run.name, validate_experiment(cfg, check_cluster=False))
-    run_worker(cfg, cfg.run.name, url)
+    results = connect(url, token=cfg.results.token)
+    experiment = cfg.to_dict()
+    results.register_run(cfg.run.name, experiment=experiment, status="running")
+    register_configs(results, cfg.run.name, validate_experiment(cfg, check_cluster=False))
+    with recorded_status(results, cfg.run.name):  # failed, or stopped (torchrun forwards SIGTERM)
+        run_worker(cfg, cfg.run.name, url)
+    checkpoint = latest_checkpoint(run_dir(cfg))
+    if checkpoint is not None:
+        experiment["model_dir"] = str(checkpoint / "model")
+    results.register_run(cfg.run.name, experiment=experiment, status="finished")
     return 0
 
 

@@ -165,10 +165,12 @@ def check_network(
     if size <= 0 or iterations < 1 or warmup < 0:
         raise ValueError(f"probe needs message_bytes > 0 and iterations >= 1, got {size} and {iterations}")
     host = socket.gethostname()
-    nodes = count_nodes(device, host)
-    buffer = torch.ones(max(1, size // 4), dtype=torch.float32, device=device)
     capture = _captured_output() if backend == "nccl" else contextlib.nullcontext(None)
+    # NCCL logs its version and network when its communicator is set up, at the first collective
+    # (Ray and the local launcher initialise the process group lazily): count_nodes is that one.
     with capture as log:
+        nodes = count_nodes(device, host)
+        buffer = torch.ones(max(1, size // 4), dtype=torch.float32, device=device)
         for _ in range(warmup):
             collectives.all_reduce(buffer, device)
         _sync(device)
