@@ -180,3 +180,40 @@ def test_save_and_load_a_whole_snnet(tmp_path):
         assert torch.equal(model.forward_config(x, cfg.id), loaded.forward_config(x, cfg.id))
     with pytest.raises(FileNotFoundError, match="snnet.json"):
         load_snnet(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("family", ["vit", "swin", "resnet"])
+def test_uniform_drop_path_gives_every_block_the_anchor_rate(family):
+    # timm ramps stochastic depth from 0 at the first block; the official DeiT III models use one rate
+    from timm.layers import DropPath
+
+    from snnet_ray.anchors import uniform_drop_path
+
+    model = tiny_snnet(family, drop_path_rate=0.2)
+
+    def rates(anchor):
+        slots = [getattr(m, n) for _, _, blk in anchor.blocks() for m in blk.modules()
+                 for n in ("drop_path", "drop_path1", "drop_path2") if hasattr(m, n)]  # fmt: skip
+        return [m.drop_prob if isinstance(m, DropPath) else 0.0 for m in slots]
+
+    first = model.anchors[0]
+    assert len(set(rates(first))) > 1 and max(rates(first)) == pytest.approx(0.2)  # timm's ramp
+    assert uniform_drop_path(first, 0.3) == len(rates(first)) > 0
+    assert rates(first) == [0.3] * len(rates(first))
+    with pytest.raises(ValueError, match="drop_path_rate must be in"):
+        uniform_drop_path(first, 1.5)
+
+
+def test_the_trainer_builds_uniform_drop_path_when_the_config_asks():
+    from timm.layers import DropPath
+
+    from snnet_ray.train.config import load_experiment
+    from snnet_ray.train.trainer import _build_model
+
+    cfg = load_experiment("tiny_digits", ["model.drop_path_schedule=uniform", "model.timm_kwargs.drop_path_rate=0.1"])
+    model = _build_model(cfg)
+    drops = [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
+    assert len(drops) == 2 * sum(a.stage_depths[s] for a in model.anchors for s in range(a.num_stages))
+    assert set(drops) == {0.1}
+    with pytest.raises(ValueError, match="model.drop_path_schedule must be 'linear' or 'uniform'"):
+        load_experiment("tiny_digits", ["model.drop_path_schedule=cosine"])

@@ -296,6 +296,7 @@ def test_deit3_presets_carry_the_official_recipe(keys):
         assert cfg.data.label_smoothing == off["smoothing"] and cfg.data.re_prob == off["reprob"]
         assert cfg.data.color_jitter == off["color_jitter"] and cfg.seed == off["seed"]
         assert (cfg.data.three_augment, cfg.data.simple_random_crop) == (off["ThreeAugment"], off["src"])
+        assert cfg.model.drop_path_schedule == "uniform"  # official DeiT III: dpr = [drop_path_rate] * depth
         assert cfg.data.auto_augment is None
         assert (cfg.model.rule, cfg.model.lora_r, cfg.model.lora_alpha) == ("snnetv2", off["lora_r"], 1.0)
     assert cfg.sampler.name == "resource_constrained" and cfg.sampler.flops_gap == RECIPES["defaults"]["flops_gap"]

@@ -1,6 +1,7 @@
 """Anchors: adapters that give every timm family one view (embed, stage blocks, widths, finish)."""
 
 from snnet_ray.anchors.base import AnchorAdapter, adapter_for, list_families, register_family
+from snnet_ray.anchors.drop_path import uniform_drop_path
 from snnet_ray.anchors.factory import AnchorSpec, create_anchors, resolve_anchor_specs
 from snnet_ray.anchors.resnet import ResNetAdapter
 from snnet_ray.anchors.swin import SwinAdapter
@@ -17,4 +18,5 @@ __all__ = [
     "list_families",
     "register_family",
     "resolve_anchor_specs",
+    "uniform_drop_path",
 ]

@@ -76,6 +76,9 @@ class ModelConfig:
     """LoRA scale numerator: the update is lora_alpha / lora_r x B A (official: 1)."""
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     """Applied to every anchor, e.g. num_classes, img_size, drop_path_rate."""
+    drop_path_schedule: str = "linear"
+    """Stochastic depth over an anchor's blocks: 'linear' (timm: 0 at the first block, the anchor's
+    drop_path_rate at the last) or 'uniform' (the rate at every block: official DeiT III / SN-Netv2)."""
     ls_init_images: int = 100
     """Training images in the least-squares init batch; 0 keeps random stitching layers."""
     compile: bool = False
@@ -90,6 +93,10 @@ class ModelConfig:
             raise ValueError(f"model.lora_r must be >= 0 (0: plain stitching layers), got {self.lora_r}")
         if self.ls_init_images < 0:
             raise ValueError(f"model.ls_init_images must be >= 0, got {self.ls_init_images}")
+        if self.drop_path_schedule not in ("linear", "uniform"):
+            raise ValueError(
+                f"model.drop_path_schedule must be 'linear' or 'uniform', got {self.drop_path_schedule!r}"
+            )
         if self.final_norm not in ("always", "v1"):
             raise ValueError(f"model.final_norm must be 'always' or 'v1', got {self.final_norm!r}")
 

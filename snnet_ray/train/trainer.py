@@ -373,7 +373,7 @@ def _build_model(cfg: ExperimentConfig):
     from snnet_ray.train.launch import local_weights
 
     m = cfg.model
-    return SNNet.from_timm(
+    model = SNNet.from_timm(
         m.anchors,
         kernel_size=m.kernel_size,
         stride=m.stride,
@@ -385,6 +385,13 @@ def _build_model(cfg: ExperimentConfig):
         pretrained=local_weights(m.pretrained),
         **m.timm_kwargs,
     )
+    if m.drop_path_schedule == "uniform":
+        from snnet_ray.anchors import uniform_drop_path
+
+        for anchor, spec in zip(model.anchors, m.anchors):
+            kwargs = {} if isinstance(spec, str) else spec[1]
+            uniform_drop_path(anchor, float(kwargs.get("drop_path_rate", m.timm_kwargs.get("drop_path_rate", 0.0))))
+    return model
 
 
 def _without_weights(model_cfg):
