@@ -13,7 +13,7 @@ import snnet_ray.results.store as store_module
 from snnet_ray.results import ConfigInfo, EvalRecord, ResultsStore, RunInfo, create_app
 from snnet_ray.results.app import MAX_BATCH, MAX_BODY_BYTES
 from snnet_ray.results.chart import Series, nice_ticks, render_chart
-from snnet_ray.results.redact import REDACTED, redact
+from snnet_ray.results.redact import REDACTED, redact, redact_text
 from snnet_ray.results.retry import NotYet, retry
 from snnet_ray.results.schema import ConfigResult
 from snnet_ray.results.text import format_runs
@@ -93,6 +93,48 @@ def test_redact_covers_urls_keys_and_query_arguments():
                    "token": None, "plain": "postgresql://u@h/x"}
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("postgresql://u:p/ss@h/db", f"postgresql://u:{REDACTED}@h/db"),  # `/` in the password
+    ("postgresql://u:p@ss@h/db", f"postgresql://u:{REDACTED}@h/db"),  # userinfo ends at the last `@`
+    ("mysql://u:a:b/c@d@h:3306/x?ssl=1", f"mysql://u:{REDACTED}@h:3306/x?ssl=1"),
+    ("db a://u:p@h, b://v:q/r@i", f"db a://u:{REDACTED}@h, b://v:{REDACTED}@i"),  # two URLs, each its own
+    ("host=h password=x user=u", f"host=h password={REDACTED} user=u"),  # libpq keyword form
+    ("dbname=d password='a b' port=5432", f"dbname=d password={REDACTED} port=5432"),
+    ("PGPASSWORD=hunter2 psql -h h", f"PGPASSWORD={REDACTED} psql -h h"),
+    ("run --token=t0k --lr=0.1", f"run --token={REDACTED} --lr=0.1"),
+    ("x?passphrase=1&db_pass=2&pgpass=3&api_key=4&secret_key=5&key=6&keep=7&layer_key=8",
+     f"x?passphrase={REDACTED}&db_pass={REDACTED}&pgpass={REDACTED}&api_key={REDACTED}&secret_key={REDACTED}"
+     f"&key={REDACTED}&keep=7&layer_key=8"),
+    # What already worked, and what is no secret, is kept.
+    ("postgresql://u@h/x", "postgresql://u@h/x"),
+    ("http://head:8000/x?mail=a@b", "http://head:8000/x?mail=a@b"),
+    ("lr=0.1 layers=12 bypass=1", "lr=0.1 layers=12 bypass=1"),
+])
+def test_redact_text_hides_passwords_with_slashes_ats_and_keyword_forms(text, expected):
+    assert redact_text(text) == expected
+
+
+def test_redact_hides_every_secret_sounding_key():
+    secret = ["passphrase", "db_pass", "PGPASSWORD", "pgpass", "api_key", "secret_key", "key", "dbPass", "pass"]
+    kept = ["bypass", "layer_key", "keys", "passes", "lr"]
+    out = redact({k: "v" for k in secret + kept})
+    assert [k for k in secret if out[k] != REDACTED] == [] and all(out[k] == "v" for k in kept)
+
+
+@pytest.mark.parametrize("hostile", [
+    "a" * 2**20 + "://",  # a scheme-looking run rescanned from each letter would be quadratic
+    "a://b:" * (2**20 // 6),  # many URL heads, none with an `@`
+    "a://u:" + "@" * 2**20,
+    "?password='" * (2**20 // 11),  # quoted values that never close
+    ("x" * 200 + "=") * (2**20 // 201),
+    " a=" * (2**20 // 3),
+])
+def test_redact_is_linear_on_a_hostile_megabyte(hostile):
+    # Completing at all is the check: a backtracking pattern would run for hours on these.
+    out = redact({"note": hostile})["note"]
+    assert isinstance(out, str) and out.count(REDACTED) <= len(hostile)
+
+
 @pytest.mark.parametrize("record, message", [
     ({"samples": 2**62, "top1_correct": 0, "top5_correct": 0}, "less than or equal to 2147483647"),
     ({"samples": 2**63, "top1_correct": 0, "top5_correct": 0}, "less than or equal to 2147483647"),
@@ -147,6 +189,15 @@ def test_ticks_and_chart_terminate_for_any_finite_range():
         assert 2 <= len(ticks) <= 24 and ticks == sorted(ticks)
     rows = [ConfigResult(config_id=i, gmacs=1e9 - i * 1e-7, top1=50.0 + i * 1e-12, samples=1) for i in range(3)]
     assert render_chart([Series("r", rows)]).startswith("<svg")
+    # A tick step that overflows (hi - lo is inf) once raised OverflowError; any finite GMACs now draw.
+    top = 1.7976931348623157e308
+    for lo, hi, labels in [(-1e308, 1e308, ("-1e+308", "1e+308")), (0.0, 1.7e308, ("0", "1.7e+308")),
+                           (-top, top, ("-1.8e+308", "1.8e+308")), (0.0, top, ("0", "1.8e+308"))]:
+        rows = [ConfigResult(config_id=i, gmacs=g, top1=50.0 + i, samples=1) for i, g in enumerate((lo, hi))]
+        svg = render_chart([Series("r", rows)])
+        assert svg.startswith("<svg") and svg.endswith("</svg>") and svg.count('class="pt ') == 2
+        assert "nan" not in svg and "inf" not in svg, (lo, hi)
+        assert all(f'text-anchor="middle">{label}</text>' in svg for label in labels), (lo, hi)
 
 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "a" * 300, "x\n\x1b[2J", "-rf", ".hidden", "a b"])

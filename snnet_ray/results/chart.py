@@ -69,10 +69,10 @@ def render_chart(
     x0, x1, y0, y1 = xticks[0], xticks[-1], yticks[0], yticks[-1]
 
     def sx(v: float) -> float:
-        return left + (v - x0) / (x1 - x0) * w if x1 > x0 else left + w / 2
+        return left + _fraction(v, x0, x1) * w
 
     def sy(v: float) -> float:
-        return top + h - (v - y0) / (y1 - y0) * h if y1 > y0 else top + h / 2
+        return top + h - _fraction(v, y0, y1) * h
 
     out.append('<g class="grid" stroke="#e5e7eb" stroke-width="1">')
     out += [f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{top + h}"/>' for t in xticks]
@@ -150,14 +150,15 @@ def nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
     raw = (hi - lo) / max(1, target - 1)
     if not math.isfinite(raw) or raw <= 0:  # hi - lo overflowed (e.g. -1e308 .. 1e308)
         return [lo, hi]
-    magnitude = 10 ** math.floor(math.log10(raw))
+    magnitude = 10.0 ** math.floor(math.log10(raw))  # a float: an int step outgrows floats
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
     first = math.floor(lo / step + 1e-9)
     count = math.ceil(hi / step - 1e-9) - first
     if not 1 <= count <= 4 * target:
         return [lo, hi]
     ticks = [round((first + i) * step, 10) if abs(step) >= 1e-10 else (first + i) * step for i in range(count + 1)]
-    return ticks if all(b > a for a, b in itertools.pairwise(ticks)) else [lo, hi]
+    ok = all(math.isfinite(t) for t in ticks) and all(b > a for a, b in itertools.pairwise(ticks))
+    return ticks if ok else [lo, hi]
 
 
 def _padded(lo: float, hi: float) -> tuple[float, float]:
@@ -167,11 +168,28 @@ def _padded(lo: float, hi: float) -> tuple[float, float]:
     return lo - 0.04 * span, hi + 0.04 * span
 
 
+def _fraction(v: float, lo: float, hi: float) -> float:
+    # Where v sits in [lo, hi], in halves: hi - lo overflows for -1e308 .. 1e308, hi/2 - lo/2 never does.
+    span = hi / 2 - lo / 2
+    if not span > 0:
+        return 0.5
+    frac = (v / 2 - lo / 2) / span
+    return min(max(frac, -1.0), 2.0) if math.isfinite(frac) else 0.5
+
+
 def _fmt_tick(value: float, ticks: Sequence[float]) -> str:
     # As many decimals as the step needs: 2.5 -> "72.5", 0.25 -> "0.25", 5 -> "75".
-    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
-    digits = next((d for d in range(6) if abs(step * 10**d - round(step * 10**d)) < 1e-6), 6)
-    return f"{value:.{digits}f}"
+    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
+    if math.isfinite(step) and step >= 1e-6 and max(abs(t) for t in ticks) < 1e15:
+        digits = next((d for d in range(6) if abs(step * 10**d - round(step * 10**d)) < 1e-6), 6)
+        return f"{value:.{digits}f}"
+    # Huge, tiny or overflowing steps (1e308 GMACs): significant digits, enough to tell the ticks apart.
+    if math.isfinite(step) and step > 0:
+        top = max(abs(t) for t in ticks)
+        precision = min(17, max(3, math.ceil(math.log10(top / step)) + 2)) if top > 0 else 3
+    else:
+        precision = 3
+    return f"{value:.{precision}g}"
 
 
 def _pair_colors(rows: Sequence[ConfigResult]) -> dict[str, str]:
