@@ -78,9 +78,12 @@ def load_served_model(
         source = f"{SPEC_FILE} extra.top1"
     # GMACs counted on the meta device, as the results service has them: on a CPU build torch's FLOP
     # counter misses the fused attention kernel, so the same config would count fewer GMACs there.
-    gmacs = {c.id: meta.cost(c.id).gmacs for c in meta.configs}
+    # Served SN-Netv2 LoRA stitching layers are folded (below), so configs rank by the folded costs.
+    gmacs = {c.id: meta.cost(c.id, folded=True).gmacs for c in meta.configs}
     frontier = _frontier(meta, gmacs, top1)
     snnet = load_snnet(model_dir, device=device).eval()
+    # Fold W + (alpha / r) B A into one weight: the same outputs without the low-rank product per stitch.
+    snnet.fold_lora()
     data = spec.get("extra", {}).get("data") or experiment.get("data") or {}
     if not data:
         data = {k: v for k, v in snnet.data_config.items() if k in ("mean", "std", "interpolation", "crop_pct")}
