@@ -37,7 +37,8 @@ class ServedModel:
     version: str
     """Short hash of the weights and spec: which checkpoint answered (changes on a rollout)."""
     gmacs: dict[int, float] = field(default_factory=dict)
-    """GMACs per config as counted on the meta device, as `snnet-ray eval` records them."""
+    """GMACs per config as counted on the meta device, as `snnet-ray eval` records them; for SN-Netv2,
+    those of the folded LoRA stitching layers the replica runs."""
     top1: dict[int, float] = field(default_factory=dict)
     top1_source: str = ""
 
