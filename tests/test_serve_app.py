@@ -214,6 +214,7 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(served):
     client = served["client"]
     frontier = client.get("/v1/configs").json()["configs"]
     cheapest = min(c["gmacs"] for c in frontier)
+    pinned = frontier[0]["id"]
     cases = [
         (_classify(client, b"not an image"), 400, "not a JPEG or PNG"),
         (_classify(client, _png()[:-30]), 400, "could not be decoded"),
@@ -226,6 +227,10 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(served):
         (_classify(client, _png(), config=10_000), 422, "unknown config 10000"),
         (_classify(client, _png(), max_gmacs=cheapest / 2), 422, "no served config within max_gmacs"),
         (_classify(client, _png(), max_latency_ms=1e-4), 422, "no served config answers 1 image(s)"),
+        # A pinned config is held to the latency budget too: the answer names it, its time and the budget.
+        (_classify(client, _png(), config=pinned, max_latency_ms=1e-4), 422,
+         f"config {pinned} needs about"),
+        (_classify(client, _png(), config=pinned, max_latency_ms=1e-4), 422, "over max_latency_ms=0.0001"),
         (_classify(client, _png(), max_gmacs=-1), 422, "greater than 0"),
         (client.post("/v1/classify", json={"images": ["%%%"]}), 400, "not valid base64"),
         (client.post("/v1/classify", json={"images": []}), 422, "images"),

@@ -443,6 +443,14 @@ def _load_replica(options: ServeOptions) -> _Replica:
     if options.torch_threads:
         torch.set_num_threads(options.torch_threads)
     device = options.device
+    if device.startswith("cuda") or _ray_gpu_ids():
+        # A replica given a GPU (or told to use one) must not quietly serve on CPU: a broken CUDA
+        # setup fails here, naming its fix.
+        from snnet_ray.cuda_check import check_cuda
+
+        status = check_cuda()
+        if status.warning:
+            log.warning("%s", status.warning)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     served = load_served_model(options.model, results=options.results, run=options.run,
@@ -457,6 +465,13 @@ def _load_replica(options: ServeOptions) -> _Replica:
     if options.results is not None and options.run is not None:
         _store_latency(options, table)
     return _Replica(served, options, table, options.policy(), torch.device(device), PolicyState.start(served.frontier))
+
+
+def _ray_gpu_ids() -> list:
+    """GPU ids Ray assigned to this actor; empty outside Ray or without GPUs."""
+    import ray
+
+    return list(ray.get_gpu_ids()) if ray.is_initialized() else []
 
 
 def _store_latency(options: ServeOptions, table: LatencyTable) -> None:
@@ -481,6 +496,12 @@ def _check_budget(replica: _Replica, n_images: int, max_gmacs: float | None, max
         gmacs = served.gmacs[config]
         if max_gmacs is not None and gmacs > max_gmacs:
             raise ServeError(422, f"config {config} needs {gmacs:.4g} GMACs, over max_gmacs={max_gmacs:g}")
+        # Only measured configs (the frontier and fixed_config) have a predicted latency.
+        if max_latency_ms is not None and config in table:
+            predicted = table.predict(config, n_images)
+            if predicted > max_latency_ms:
+                raise ServeError(422, f"config {config} needs about {predicted:.3g} ms for {n_images} image(s) on "
+                                      f"{table.device}, over max_latency_ms={max_latency_ms:g}")
         return
     cheapest = min(served.frontier, key=lambda c: c.gmacs)
     if max_gmacs is not None and cheapest.gmacs > max_gmacs:

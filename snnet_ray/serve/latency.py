@@ -55,6 +55,10 @@ class LatencyTable:
         """The start-up measurement at exactly `batch`, if there is one."""
         return dict(self._ms[cfg_id]).get(batch)
 
+    def __contains__(self, cfg_id: object) -> bool:
+        """Whether `cfg_id` was measured (only measured configs can be predicted)."""
+        return cfg_id in self._ms
+
     def predict(self, cfg_id: int, batch: int) -> float:
         """Expected ms to run `batch` images with config `cfg_id` (measured, interpolated, corrected)."""
         return self._base(cfg_id, batch) * self._ratio[cfg_id]

@@ -37,7 +37,8 @@ class ServedModel:
     version: str
     """Short hash of the weights and spec: which checkpoint answered (changes on a rollout)."""
     gmacs: dict[int, float] = field(default_factory=dict)
-    """GMACs per config as counted on the meta device, as `snnet-ray eval` records them."""
+    """GMACs per config as counted on the meta device, as `snnet-ray eval` records them; for SN-Netv2,
+    those of the folded LoRA stitching layers the replica runs."""
     top1: dict[int, float] = field(default_factory=dict)
     top1_source: str = ""
 
@@ -78,9 +79,12 @@ def load_served_model(
         source = f"{SPEC_FILE} extra.top1"
     # GMACs counted on the meta device, as the results service has them: on a CPU build torch's FLOP
     # counter misses the fused attention kernel, so the same config would count fewer GMACs there.
-    gmacs = {c.id: meta.cost(c.id).gmacs for c in meta.configs}
+    # Served SN-Netv2 LoRA stitching layers are folded (below), so configs rank by the folded costs.
+    gmacs = {c.id: meta.cost(c.id, folded=True).gmacs for c in meta.configs}
     frontier = _frontier(meta, gmacs, top1)
     snnet = load_snnet(model_dir, device=device).eval()
+    # Fold W + (alpha / r) B A into one weight: the same outputs without the low-rank product per stitch.
+    snnet.fold_lora()
     data = spec.get("extra", {}).get("data") or experiment.get("data") or {}
     if not data:
         data = {k: v for k, v in snnet.data_config.items() if k in ("mean", "std", "interpolation", "crop_pct")}
