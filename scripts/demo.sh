@@ -94,6 +94,11 @@ echo $! >"$OUT/results.pid"
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PAGE_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
 kill -0 "$(cat "$OUT/results.pid")" 2>/dev/null || { tail -5 "$OUT/results_server.log"; exit 1; }
 
+step "the claim at CPU scale: stitches interpolate between anchors (bench/interpolation.py, ~1 min)"
+# The tiny_digits run above shows the product end to end; its 360 validation images cannot separate
+# anchors that all score 92-97%. This protocol (README, "Reproducing the claim") can.
+python bench/interpolation.py | tail -6
+
 step "6/6 elastic serving: snnet-ray serve, then POST /v1/classify with validation images"
 # Its own local Ray (ended with the command), the run's checkpoint and per-config top-1 from the database.
 INFER_PORT=$(free_port 8100)
@@ -124,11 +129,6 @@ with tarfile.open(sorted(glob.glob(f"{data}/validation-*.tar") + glob.glob(f"{da
 PY
 stop_serve
 trap - EXIT
-
-step "the claim at CPU scale: stitches interpolate between anchors (bench/interpolation.py, ~1 min)"
-# The tiny_digits run above shows the product end to end; its 360 validation images cannot separate
-# anchors that all score 92-97%. This protocol (README, "Reproducing the claim") can.
-python bench/interpolation.py | tail -6
 
 echo
 echo "Pareto plot:   $OUT/pareto.png"

@@ -232,7 +232,8 @@ class UniformSampler(StitchSampler):
 
 @register_sampler("flops_bucket")
 class FlopsBucketSampler(StitchSampler):
-    """SN-Netv2: a cost bucket uniformly (equal-width intervals), then a config in it; per rank.
+    """A cost bucket uniformly (equal-width GMACs intervals), then a config in it; per rank. An
+    equal-width variant of SN-Netv2's idea; `resource_constrained` is SN-Netv2's own grouping.
 
     Configs in sparse buckets are sampled more often than in `uniform`: that is the method's point
     (every cost range gets equal training), not an imbalance to fix.
