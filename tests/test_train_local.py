@@ -113,10 +113,13 @@ def test_resumes_on_another_number_of_workers(first_run, nproc):
     shutil.rmtree(root / "runs" / run, ignore_errors=True)
     (root / "runs" / run).mkdir(parents=True)
     shutil.copytree(root / "runs" / "two" / "step_00000004", root / "runs" / run / "step_00000004")
-    _train(root, run, nproc, "schedule.max_steps=6", "eval.final=false", "eval.every_steps=0")
+    done = _train(root, run, nproc, "schedule.max_steps=6", "eval.final=false", "eval.every_steps=0")
 
     trained = [m for m in _metrics(root, run) if "loss" in m]
     assert [m["step"] for m in trained] == [5, 6]  # steps 1-4 are not trained again
+    # the global batch changed with the workers: the log says so, and how to keep the schedule
+    assert f"resumed with a global batch of {nproc * BATCH} images" in done.stdout + done.stderr
+    assert f"deepspeed.global_batch_size={2 * BATCH}" in done.stdout + done.stderr
     state = read_train_state(root / "runs" / run / "step_00000006")
     assert state["world_size"] == nproc
     # the global batch (and an lr scaled to it) follow the workers started, not scaling.num_workers

@@ -131,6 +131,7 @@ class Trainer:
             self.train_loader = self._train_loader(seed_offset=self.progress.step)
             self.train_loader.set_epoch(self.progress.epoch)
             self._log(f"resumed at step {self.progress.step} (epoch {self.progress.epoch}) from {checkpoint}")
+            self._warn_on_new_global_batch()
         resume.close()
         # 10. results service (evaluations are ingested by every rank)
         from snnet_ray.results import connect
@@ -319,6 +320,24 @@ class Trainer:
 
         data_cfg = self.cfg.data if not seed_offset else self.cfg.data.replace(seed=self.cfg.data.seed + seed_offset)
         return build_train_loader(data_cfg, rank=self.rank, world_size=self.world, epoch=self.progress.epoch)
+
+    def _warn_on_new_global_batch(self) -> None:
+        """A run resumed on another number of workers without a fixed `deepspeed.global_batch_size`
+        trains on a new global batch: steps per epoch, the lr scaled to the batch and the schedule's
+        length follow it. Say so, with the setting that keeps the run's schedule."""
+        step, samples = self.progress.step, self.progress.samples
+        if step <= 0 or samples % step:
+            return
+        before, now = samples // step, self.cfg.deepspeed.global_batch(self.world)
+        if before != now:
+            import logging
+
+            logging.getLogger("snnet_ray.train").warning(
+                f"resumed with a global batch of {now} images ({self.world} workers), the run so far trained "
+                f"with {before}: steps per epoch, the peak lr scaled to the batch and the schedule's length "
+                f"follow the new batch. To continue the run's schedule, set deepspeed.global_batch_size={before} "
+                "(gradient accumulation makes up for fewer workers)"
+            )
 
     def _least_squares_init(self) -> None:
         """Solve the stitching layers from the first training images (no augmentation): the same
