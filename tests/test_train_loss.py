@@ -97,3 +97,25 @@ def test_bad_teacher_settings_name_the_field(tmp_path, teacher_file):
         load_teacher(TEACHER, teacher_file[0], num_classes=100, **TEACHER_KWARGS)
     with pytest.raises(ValueError, match="needs the \\(mixed\\) images"):
         SNNetLoss(teacher=torch.nn.Linear(2, 10))(torch.randn(2, 10), torch.tensor([0, 1]))
+
+
+def test_teacher_weights_from_an_object_store_are_fetched_where_they_train(teacher_file, tmp_path, monkeypatch):
+    # the head node that validates the run need not hold the file; each training node downloads it once
+    import http.server
+    import threading
+
+    path, state = teacher_file
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(path.parent), **k)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SNNET_CACHE_DIR", str(tmp_path / "node_cache"))
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{path.name}"
+        cfg = LossConfig(teacher=TEACHER, teacher_weights=url, teacher_kwargs=TEACHER_KWARGS)
+        cfg.check_files()  # no local file asked for on the driver
+        criterion = cfg.build(10)
+    finally:
+        httpd.shutdown()
+    for name, value in criterion.teacher.state_dict().items():
+        torch.testing.assert_close(value, state[name])
+    assert list((tmp_path / "node_cache").rglob("*")), "the node cache holds the downloaded teacher"

@@ -54,7 +54,8 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.teacher and not self.teacher_weights:
             raise ValueError(
-                f"loss.teacher={self.teacher!r} needs loss.teacher_weights (a local safetensors or torch file)"
+                f"loss.teacher={self.teacher!r} needs loss.teacher_weights (a safetensors or torch file, local or "
+                "an object-store URL)"
             )
         if self.teacher_weights and not self.teacher:
             raise ValueError("loss.teacher_weights is set but loss.teacher (the timm model name) is not")
@@ -66,7 +67,13 @@ class LossConfig:
                 raise ValueError(f"loss.{name} must be >= 0, got {value}")
 
     def check_files(self) -> None:
-        """Raise FileNotFoundError for a missing teacher weights file (before workers start)."""
+        """Raise FileNotFoundError for a missing teacher weights file (before workers start). An
+        object-store URL (s3://, gs://, https://) is fetched by each node where it trains, not here:
+        the driver (a head node that runs no training) need not hold the file."""
+        from snnet_ray.data.node_cache import is_remote
+
+        if is_remote(self.teacher_weights):
+            return
         if self.teacher_weights and not Path(self.teacher_weights).expanduser().is_file():
             raise FileNotFoundError(
                 f"loss.teacher_weights not found: {self.teacher_weights}; give the {self.teacher} teacher's weights "
@@ -80,9 +87,10 @@ class LossConfig:
         """The criterion, loading the teacher (if any) onto `device`."""
         teacher = None
         if self.teacher:
-            teacher = load_teacher(
-                self.teacher, self.teacher_weights, num_classes, device=device, **self.teacher_kwargs
-            )
+            from snnet_ray.data.node_cache import fetch_to_node
+
+            weights = str(fetch_to_node(self.teacher_weights))  # once per node; a local path as it is
+            teacher = load_teacher(self.teacher, weights, num_classes, device=device, **self.teacher_kwargs)
         return SNNetLoss(teacher, self.soft_weight, self.distill_weight, self.label_smoothing)
 
 
