@@ -202,6 +202,7 @@ def train_and_resume(check: Check) -> dict[str, Any]:
         "logged_steps": logged,
         "last_loss": metrics[-1].get("loss"),
         "train_images_per_s": [m["images_per_s"] for m in metrics if "images_per_s" in m][-1],
+        "train_peak_gib": max((m.get("gpu_peak_gib", 0.0) for m in metrics), default=0.0),
         "checkpoint": second.checkpoint,
     }
 
@@ -260,10 +261,15 @@ def eval_throughput(check: Check) -> dict[str, Any]:
 
 
 def peak_memory(check: Check) -> dict[str, Any]:
-    """The most GPU memory this process allocated (the training launches are their own processes)."""
+    """The most GPU memory any figure allocated: the benchmarks in this process, and the training
+    launches (their own processes) as their rank 0 logged it (`gpu_peak_gib` in metrics.jsonl)."""
     if check.device.type != "cuda":
         return {"gib": 0.0}
-    return {"gib": torch.cuda.max_memory_allocated(check.device) / 2**30}
+    here = torch.cuda.max_memory_allocated(check.device) / 2**30
+    metrics = check.work / "runs" / "gpu-check" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    training = max((json.loads(line).get("gpu_peak_gib", 0.0) for line in lines), default=0.0)
+    return {"gib": max(here, training), "this_process_gib": here, "training_gib": training}
 
 
 def compiled_vs_eager(check: Check) -> dict[str, Any]:

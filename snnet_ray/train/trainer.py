@@ -221,6 +221,8 @@ class Trainer:
             "config_counts": all_reduce_counts(self.sampler.counts, device=self.device),
             "data_skipped": self.train_loader.skipped,
         }
+        if self.device.type == "cuda":  # the caching allocator's counter: a host read, no device sync
+            metrics["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.rank == 0:
             self._log(
                 f"step {metrics['step']}/{self.total_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.3g} "
