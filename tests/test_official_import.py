@@ -25,6 +25,7 @@ from snnet_ray.stitching.official import (
     convert_official_state_dict,
     import_official,
     load_official_checkpoint,
+    official_layer_key,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -60,10 +61,20 @@ def test_every_official_key_is_used_or_named(family, rebuilt, aux):
     assert set(converted) == set(model.state_dict())  # nothing of the model is left unloaded
     assert (len(report.rebuilt_buffers), len(report.split_bn_aux)) == (rebuilt, aux)
     assert all(k.endswith(("relative_position_index", "attn_mask")) for k in report.rebuilt_buffers)
-    # configs: the published ones, the official v1 paths
+    # configs: the published ones in their order (anchors, cut positions, the official layer), v1 paths
     pub = load_published(family)
-    assert [c.name for c in model.configs][: len(pub.configs)] == [c.name for c in model.configs]
     assert len(model.configs) == len(pub.configs) and model.final_norm == "v1"
+    for ours, theirs in zip(model.configs, pub.configs):
+        assert (ours.anchors, tuple(ours.positions)) == (theirs.anchors, tuple(theirs.positions)), ours.name
+        if theirs.layer_key is not None:
+            assert official_layer_key(model, model.layer_specs[ours.layer]) == theirs.layer_key, ours.name
+    if family == "swin":  # the keys that move: timm keeps PatchMerging in the next stage, the head in head.fc
+        for official, timm_key in [("anchors.1.layers.0.downsample.reduction.weight",
+                                    "anchors.1.model.layers.1.downsample.reduction.weight"),
+                                   ("anchors.2.layers.2.downsample.norm.bias",
+                                    "anchors.2.model.layers.3.downsample.norm.bias"),
+                                   ("anchors.0.head.weight", "anchors.0.model.head.fc.weight")]:  # fmt: skip
+            assert converted[timm_key] is state[official]
     if family != "resnet":  # a subset runs on meta: anchors and one stitch per (pair, stage)
         x = torch.empty(1, 3, 224, 224, device="meta")
         firsts = {}
