@@ -145,8 +145,11 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     return {k: min(v) for k, v in times.items()}
 
 
-def model_exposed(n: int, bucket: int, old: bool, seed: int = 0, steps: int = 300) -> dict[str, float]:
-    """Mean exposed reduction ms and its share of the step, `n` GPUs, DeiT-Ti/S/B, uniform sampler."""
+def model_exposed(
+    n: int, bucket: int, old: bool, seed: int = 0, steps: int = 300, bus_gb_s: float | None = None
+) -> dict[str, float]:
+    """Mean exposed reduction ms and its share of the step, `n` GPUs, DeiT-Ti/S/B, uniform sampler,
+    at `bus_gb_s` all-reduce bus bandwidth (default: the H200 figure of LINKS_GB_S for `n`)."""
     from snnet_ray import SNNet
     from snnet_ray.train.engine import GlobalOrderGradients
 
@@ -156,7 +159,7 @@ def model_exposed(n: int, bucket: int, old: bool, seed: int = 0, steps: int = 30
     step_ms = [c["step_ms"] for c in json.loads(STEP_MS.read_text())["configs"]]
     assert len(step_ms) == len(model.configs)
     g = torch.Generator().manual_seed(seed)
-    bw = LINKS_GB_S[n] * 1e9
+    bw = (bus_gb_s or LINKS_GB_S[n]) * 1e9
     exposed, total = 0.0, 0.0
     for _ in range(steps):
         cfgs = torch.randint(0, len(step_ms), (n,), generator=g).tolist()
@@ -185,6 +188,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "grad_sync.json")
+    parser.add_argument("--bus-bw-json", type=Path, default=None,
+                        help="bench/allreduce_bw.py's JSON from the cluster: model with its measured bus "
+                             "bandwidth instead of the H200 figures")  # fmt: skip
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parents[1]))
     from snnet_ray import SNNet
@@ -196,8 +202,15 @@ def main() -> None:
     cpu = {d: (t[d] - t["compute"]) / t[d] for d in ("old", "new")}
     n_params = sum(p.numel() for p in SNNet.from_timm(DEIT, device="meta").parameters())
     bucket = DeepSpeedConfig().bucket_size(n_params)
+    links = dict(LINKS_GB_S)
+    if args.bus_bw_json is not None:  # the cluster's own fabric, as bench/allreduce_bw.py measured it
+        measured = float(json.loads(args.bus_bw_json.read_text())["model_bus_bw_gbps"])
+        if not 0 < measured < 1e5:
+            sys.exit(f"{args.bus_bw_json}: model_bus_bw_gbps={measured} is not a bandwidth in GB/s")
+        links = {n: measured for n in links}
     modelled = {
-        (n, design): model_exposed(n, 500_000_000 if design == "old" else bucket, design == "old")
+        (n, design): model_exposed(n, 500_000_000 if design == "old" else bucket, design == "old",
+                                   bus_gb_s=links[n])
         for n in (8, 64)
         for design in ("old", "new")
     }
@@ -207,7 +220,8 @@ def main() -> None:
           f"{cpu['new']:>5.2f}")
     for n in (8, 64):
         o, w = modelled[(n, "old")], modelled[(n, "new")]
-        print(f"{f'{n} H200 modelled, {LINKS_GB_S[n]:.0f} GB/s (ms/step, share)':<44}"
+        source = "measured" if args.bus_bw_json is not None else "H200"
+        print(f"{f'{n} GPUs modelled, {source} {links[n]:.0f} GB/s (ms/step, share)':<44}"
               f"{o['exposed_ms']:>8.1f} {o['fraction']:>5.2f}{w['exposed_ms']:>8.1f} {w['fraction']:>5.2f}")
     print(f"(bucket {bucket / 1e6:.1f} M elements of {n_params / 1e6:.1f} M; CPU compute-only micro-step "
           f"{t['compute'] * 1e3:.1f} ms)")
@@ -215,7 +229,7 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "cpu_ms": {k: v * 1e3 for k, v in t.items()}, "cpu_exposed_fraction": cpu,
         "modelled": {f"{n}_{d}": v for (n, d), v in modelled.items()},
-        "links_gb_s": LINKS_GB_S, "bucket_elements": bucket, "args": vars(args),
+        "links_gb_s": links, "bucket_elements": bucket, "args": vars(args),
     }, indent=1, default=str))
     print(f"RESULT exposed_grad_reduction_fraction_64gpu {modelled[(64, 'new')]['fraction']:.3f} "
           f"target <= {modelled[(64, 'old')]['fraction']:.3f}")
