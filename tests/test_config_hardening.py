@@ -60,6 +60,14 @@ def test_the_name_rule():
         assert not is_name(bad), bad
     with pytest.raises(ValueError, match="run '../x' is not a valid name"):
         check_name("../x", "run")
+    # sweeps and their trials' runs follow the same rule (a sweep name names folders)
+    with pytest.raises(ValueError, match="sweep name '../up' is not a valid name"):
+        load_sweep("tiny_digits", ["name=../up"])
+    from snnet_ray.tune.trial import trial_run_name
+
+    assert trial_run_name("tiny", "a1b2c_00003") == "tiny-a1b2c_00003"
+    with pytest.raises(ValueError, match="trial run name"):
+        trial_run_name("tiny", "x/../../y")
 
 
 @pytest.mark.parametrize("families", [(TINY_VIT, TINY_RESNET), (TINY_RESNET, TINY_VIT)])

@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from snnet_ray.names import check_name
+
 __all__ = [
     "ANCHOR_SET",
     "PARAM_KINDS",
@@ -219,8 +221,7 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not self.base:
             raise ValueError("a sweep needs `base`: an experiment preset name or YAML file")
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$", self.name):
-            raise ValueError(f"sweep name {self.name!r} must be letters, digits, '_', '-' or '.' (it names folders)")
+        check_name(self.name, "sweep name")  # it names folders and, with a trial id, every trial's run
         self.experiment = self.experiment or {}
         if not isinstance(self.experiment, Mapping):
             raise ValueError(f"experiment must be a mapping of config sections, got {self.experiment!r}")

@@ -24,7 +24,9 @@ __all__ = ["run_trial", "trial_run_name"]
 
 def trial_run_name(sweep_name: str, trial_id: str) -> str:
     """The Train run and results-service run of a trial: stable across restarts of the trial."""
-    return f"{sweep_name}-{trial_id}"
+    from snnet_ray.names import check_name
+
+    return check_name(f"{sweep_name}-{trial_id}", "trial run name")
 
 
 def run_trial(
