@@ -48,6 +48,7 @@ def test_served_snnetv2_folds_lora_layers_and_ranks_by_folded_costs(tmp_path):
     save_snnet(model, tmp_path / "v2", extra={"top1": {str(c): v for c, v in top1.items()}})
 
     served = load_served_model(str(tmp_path / "v2"))
+    assert torch.is_grad_enabled()  # loading a model changes nothing process-wide
     assert not any(isinstance(layer, LoRAStitch) for layer in served.snnet.stitch_layers)
     assert not any("lora" in name for name, _ in served.snnet.named_parameters())
     assert not served.snnet.training

@@ -60,8 +60,6 @@ def load_served_model(
     device: str = "cpu",
 ) -> ServedModel:
     """Load the SNNet at `model` with the per-config top-1 that ranks its configs."""
-    import torch
-
     from snnet_ray.stitching.saving import SPEC_FILE, WEIGHTS_FILE, load_snnet, resolve_model_dir
 
     model_dir = resolve_model_dir(str(model))
@@ -85,6 +83,9 @@ def load_served_model(
     snnet = load_snnet(model_dir, device=device).eval()
     # Fold W + (alpha / r) B A into one weight: the same outputs without the low-rank product per stitch.
     snnet.fold_lora()
+    # Frozen rather than a process-wide `torch.set_grad_enabled(False)`, which leaked into whatever
+    # else ran in the process; every forward of the replica runs under inference_mode anyway.
+    snnet.requires_grad_(False)
     data = spec.get("extra", {}).get("data") or experiment.get("data") or {}
     if not data:
         data = {k: v for k, v in snnet.data_config.items() if k in ("mean", "std", "interpolation", "crop_pct")}
@@ -95,7 +96,6 @@ def load_served_model(
     with open(Path(model_dir) / WEIGHTS_FILE, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    torch.set_grad_enabled(False)
     return ServedModel(snnet, frontier, transform, normalize, model_dir, digest.hexdigest()[:12], gmacs, top1, source)
 
 
