@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from ray_head import free_port
 
 from snnet_ray.data import write_digits_shards
 from snnet_ray.results import LocalResults
@@ -139,14 +140,6 @@ def test_resumes_on_another_number_of_workers(first_run, nproc):
     assert any(not (before[k] == after[k]).all() for k in before)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_entry_registers_the_run_and_marks_it_finished(workspace):
     # what `torchrun --nproc-per-node 1 -m snnet_ray.train.local --config ...` starts: no driver before it
     root = workspace
@@ -158,7 +151,7 @@ def test_torchrun_entry_registers_the_run_and_marks_it_finished(workspace):
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=f"{root / 'noray'}{os.pathsep}{repo}", OMP_NUM_THREADS="1",
                RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(_free_port()))  # fmt: skip
+               MASTER_PORT=str(free_port()))  # fmt: skip
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     run = LocalResults(root / "results.db").get_run("torchrun")
