@@ -66,10 +66,7 @@ def run_local(
     """Validate, register the run, start `nproc` workers on this machine and wait for them.
 
     The run is marked `failed` in the results when a worker fails, and `finished` when all succeed."""
-    from snnet_ray.eval.distributed import register_configs
-    from snnet_ray.results import connect
-    from snnet_ray.train.context import check_device, latest_checkpoint
-    from snnet_ray.train.launch import validate_experiment
+    from snnet_ray.train.context import check_device
 
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
@@ -84,12 +81,8 @@ def run_local(
             )
     run = run or cfg.run.name
     cfg = with_workers(cfg, nproc)  # the batch sizes must divide on this many workers
-    model = validate_experiment(cfg, check_cluster=False)
     url = results_target(cfg)
-    results = connect(url, token=cfg.results.token)
-    experiment = cfg.to_dict()
-    results.register_run(run, experiment=experiment, status="running")
-    register_configs(results, run, model)
+    results, experiment = _register(cfg, run, url)
     directory = run_dir(cfg, run)
     directory.mkdir(parents=True, exist_ok=True)
     payload = directory / "launch.json"
@@ -115,10 +108,7 @@ def run_local(
             raise
         if any(codes):
             raise RuntimeError(f"local training run {run} failed: worker exit codes {codes}")
-    checkpoint = latest_checkpoint(directory)
-    if checkpoint is not None:
-        experiment["model_dir"] = str(checkpoint / "model")
-    results.register_run(run, experiment=experiment, status="finished")
+    checkpoint = _mark_finished(results, run, experiment, directory)
     table = results.table(run, "final") if cfg.eval.final else None
     return LocalOutcome(run=run, checkpoint=str(checkpoint) if checkpoint else None, results_url=url, table=table)
 
@@ -168,23 +158,38 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(cfg, cfg.run.name, url)
         return 0
     # Under torchrun no driver registers the run or records how it ended: rank 0 does both.
-    from snnet_ray.eval.distributed import register_configs
-    from snnet_ray.results import connect
-    from snnet_ray.train.context import latest_checkpoint
-    from snnet_ray.train.launch import validate_experiment
     from snnet_ray.train.status import recorded_status
 
-    results = connect(url, token=cfg.results.token)
-    experiment = cfg.to_dict()
-    results.register_run(cfg.run.name, experiment=experiment, status="running")
-    register_configs(results, cfg.run.name, validate_experiment(cfg, check_cluster=False))
+    results, experiment = _register(cfg, cfg.run.name, url)
     with recorded_status(results, cfg.run.name):  # failed, or stopped (torchrun forwards SIGTERM)
         run_worker(cfg, cfg.run.name, url)
-    checkpoint = latest_checkpoint(run_dir(cfg))
+    _mark_finished(results, cfg.run.name, experiment, run_dir(cfg))
+    return 0
+
+
+def _register(cfg: ExperimentConfig, run: str, url: str) -> tuple[Any, dict[str, Any]]:
+    """Validate the run, register it `running` with its configs; (results, experiment dict)."""
+    from snnet_ray.eval.distributed import register_configs
+    from snnet_ray.results import connect
+    from snnet_ray.train.launch import validate_experiment
+
+    model = validate_experiment(cfg, check_cluster=False)
+    results = connect(url, token=cfg.results.token)
+    experiment = cfg.to_dict()
+    results.register_run(run, experiment=experiment, status="running")
+    register_configs(results, run, model)
+    return results, experiment
+
+
+def _mark_finished(results: Any, run: str, experiment: dict[str, Any], directory: Path) -> Path | None:
+    """Mark `run` finished, recording its last checkpoint's SNNet as `model_dir` (what export finds)."""
+    from snnet_ray.train.context import latest_checkpoint
+
+    checkpoint = latest_checkpoint(directory)
     if checkpoint is not None:
         experiment["model_dir"] = str(checkpoint / "model")
-    results.register_run(cfg.run.name, experiment=experiment, status="finished")
-    return 0
+    results.register_run(run, experiment=experiment, status="finished")
+    return checkpoint
 
 
 def _free_port() -> int:
